@@ -1,0 +1,79 @@
+"""The plain values that travel between the store, the cache and the codec.
+
+Nothing here imports Optuna's ORM or protobuf classes: a trial is a tuple of
+Python values as the database holds them, ready to be encoded on the wire.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+# Wire enum values (proto/storage.proto) and the names Optuna's schema stores.
+MINIMIZE, MAXIMIZE = 0, 1
+DIRECTION_NAMES = ("MINIMIZE", "MAXIMIZE")
+DIRECTION_BY_NAME = {name: value for value, name in enumerate(DIRECTION_NAMES)}
+
+RUNNING, COMPLETE, PRUNED, FAIL, WAITING = 0, 1, 2, 3, 4
+STATE_NAMES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
+STATE_BY_NAME = {name: value for value, name in enumerate(STATE_NAMES)}
+FINISHED_STATES = frozenset((COMPLETE, PRUNED, FAIL))
+
+# Optuna's servicer formats datetimes with this pattern, in the server's local time.
+WIRE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class TrialRow(NamedTuple):
+    """One trial with its child rows, in the shape the codec encodes.
+
+    Values are floats with INF_POS/INF_NEG already resolved to ±inf; datetimes are
+    wire strings ("" when unset); attribute and distribution values are JSON text,
+    exactly as stored, so nothing on the read path parses JSON.
+    """
+
+    trial_id: int
+    number: int
+    state: int
+    values: list[float]
+    datetime_start: str
+    datetime_complete: str
+    params: list[tuple[str, float, str]]  # (name, internal value, distribution JSON)
+    user_attrs: list[tuple[str, str]]  # (key, JSON text)
+    system_attrs: list[tuple[str, str]]  # (key, JSON text)
+    intermediate_values: list[tuple[int, float]]  # (step, value); NaN is kept
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+class StudyRow(NamedTuple):
+    study_id: int
+    study_name: str
+    directions: list[int]
+    user_attrs: dict[str, str]  # key -> JSON text
+    system_attrs: dict[str, str]  # key -> JSON text
+
+
+def empty_trial_row() -> TrialRow:
+    """The values of a `Trial` message with no field set (proto3 defaults)."""
+    return TrialRow(0, 0, RUNNING, [], "", "", [], [], [], [])
+
+
+def wire_datetime(utc_naive: datetime | None) -> str:
+    """A naive UTC datetime as stored by Optuna, as the wire's naive local time."""
+    if utc_naive is None:
+        return ""
+    local = utc_naive.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+    return local.strftime(WIRE_DATETIME_FORMAT)
+
+
+def stored_datetime(wire: str) -> datetime | None:
+    """A wire datetime (naive local time) as the naive UTC datetime Optuna stores.
+
+    Raises ValueError on text that is not in the wire format.
+    """
+    if not wire:
+        return None
+    local = datetime.strptime(wire, WIRE_DATETIME_FORMAT)
+    return local.astimezone(timezone.utc).replace(tzinfo=None)
