@@ -1,0 +1,210 @@
+"""Per-study trial caches of one owner process, kept coherent with the database.
+
+A study's cache holds its trials by id. A finished trial never changes, so its
+encoded `Trial` bytes are built once and reused by every GetTrials/GetTrial reply;
+an unfinished trial is re-encoded only when a sync finds its row changed.
+
+Coherence: other writers exist (other proxies, direct RDBStorage users, heartbeat
+failers), so before answering a read the study is brought up to date with one
+delta query — the trials with an id above the highest one seen, plus every trial
+still unfinished here. Within a study trial ids grow in commit order (numbers are
+assigned under the study-row lock), which makes that delta gap-free.
+
+Syncs are single-flight: a read needs a sync that *started after it arrived*; all
+reads that arrive while one sync runs share the next one. That bounds the
+database reads per study by the sync latency rather than by the number of clients,
+and gives read-your-writes for free: a write acknowledged before a read arrived is
+committed before that read's sync starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
+
+from shardproxy import codec
+from shardproxy.rows import TrialRow
+
+# load_trials(study_id, id_greater_than, ids) -> rows sorted by trial_id; KeyError
+# when the study does not exist.
+LoadTrials = Callable[[int, int, Collection[int]], list[TrialRow]]
+
+
+class _CachedTrial:
+    __slots__ = ("row", "encoded")
+
+    def __init__(self, row: TrialRow) -> None:
+        self.row = row
+        self.encoded = codec.encode_trial(row)
+
+
+class StudyCache:
+    """The trials of one study, and the single-flight sync that refreshes them."""
+
+    def __init__(self, study_id: int, load_trials: LoadTrials) -> None:
+        self.study_id = study_id
+        self._load_trials = load_trials
+        self._lock = threading.Lock()
+        self._trials: dict[int, _CachedTrial] = {}
+        self._ids: list[int] = []  # every cached trial id, ascending
+        self._unfinished: set[int] = set()
+        self._max_id = -1
+        # Single-flight bookkeeping, guarded by _sync_done's lock.
+        self._sync_done = threading.Condition()
+        self._syncs_started = 0
+        self._syncs_finished = 0
+        self._sync_running = False
+        self._failed_sync: tuple[int, BaseException] | None = None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    # -- reads -----------------------------------------------------------------
+
+    def trials_bytes(self, included_ids: Iterable[int], id_greater_than: int) -> list[bytes]:
+        """Encoded trials with id > `id_greater_than` or in `included_ids`, by id.
+
+        O(trials returned): a bisect into the sorted ids, never a walk of the study.
+        """
+        with self._lock:
+            trials = self._trials
+            older = sorted(
+                {i for i in included_ids if i <= id_greater_than and i in trials}
+            )
+            result = [trials[i].encoded for i in older]
+            start = bisect_right(self._ids, id_greater_than)
+            result.extend(trials[i].encoded for i in self._ids[start:])
+            return result
+
+    def trial_bytes(self, trial_id: int) -> bytes | None:
+        with self._lock:
+            cached = self._trials.get(trial_id)
+            return None if cached is None else cached.encoded
+
+    def finished_trial_bytes(self, trial_id: int) -> bytes | None:
+        """The trial's bytes if it is cached and finished (then they never change)."""
+        with self._lock:
+            cached = self._trials.get(trial_id)
+            if cached is None or not cached.row.is_finished:
+                return None
+            return cached.encoded
+
+    # -- sync ------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Bring the cache up to date with a sync that started after this call.
+
+        Raises KeyError when the study no longer exists, or whatever the database
+        raised for the sync this call waited on.
+        """
+        with self._sync_done:
+            needed = self._syncs_started + 1
+            while self._syncs_finished < needed:
+                if self._sync_running:
+                    self._sync_done.wait()
+                    continue
+                self._sync_running = True
+                self._syncs_started += 1
+                number = self._syncs_started
+                error: BaseException | None = None
+                self._sync_done.release()
+                try:
+                    self._apply(self._fetch_delta())
+                except BaseException as exc:  # handed to the waiters, then re-raised
+                    error = exc
+                finally:
+                    self._sync_done.acquire()
+                    self._sync_running = False
+                    self._syncs_finished = number
+                    self._failed_sync = None if error is None else (number, error)
+                    self._sync_done.notify_all()
+                if error is not None:
+                    raise error
+            if self._failed_sync is not None and self._failed_sync[0] == needed:
+                raise self._failed_sync[1]
+
+    def _fetch_delta(self) -> list[TrialRow]:
+        with self._lock:
+            max_id = self._max_id
+            unfinished = list(self._unfinished)
+        return self._load_trials(self.study_id, max_id, unfinished)
+
+    def _apply(self, rows: list[TrialRow]) -> None:
+        # Encode outside the lock: readers keep being served meanwhile.
+        changed: list[tuple[TrialRow, _CachedTrial | None]] = []
+        with self._lock:
+            snapshot = {row.trial_id: self._trials.get(row.trial_id) for row in rows}
+        for row in rows:
+            current = snapshot[row.trial_id]
+            if current is None or current.row != row:
+                changed.append((row, _CachedTrial(row)))
+        with self._lock:
+            for row, fresh in changed:
+                assert fresh is not None
+                trial_id = row.trial_id
+                if trial_id not in self._trials and trial_id > self._max_id:
+                    self._ids.append(trial_id)  # rows arrive sorted by id
+                    self._max_id = trial_id
+                elif trial_id not in self._trials:
+                    # Not expected (ids grow in commit order within a study), but an
+                    # out-of-order id must not break the bisect in trials_bytes.
+                    self._ids.insert(bisect_right(self._ids, trial_id), trial_id)
+                self._trials[trial_id] = fresh
+                if row.is_finished:
+                    self._unfinished.discard(trial_id)
+                else:
+                    self._unfinished.add(trial_id)
+
+
+class StudyCaches:
+    """The caches of the studies this process owns, bounded in total trials.
+
+    Beyond `max_trials`, whole least-recently-used studies are dropped; a dropped
+    study is simply loaded again in full on its next read.
+    """
+
+    def __init__(self, load_trials: LoadTrials, max_trials: int) -> None:
+        self._load_trials = load_trials
+        self._max_trials = max_trials
+        self._lock = threading.Lock()
+        self._studies: OrderedDict[int, StudyCache] = OrderedDict()
+
+    def get(self, study_id: int) -> StudyCache:
+        with self._lock:
+            cache = self._studies.get(study_id)
+            if cache is None:
+                cache = StudyCache(study_id, self._load_trials)
+                self._studies[study_id] = cache
+            else:
+                self._studies.move_to_end(study_id)
+            self._evict_beyond_limit(keep=study_id)
+            return cache
+
+    def synced(self, study_id: int) -> StudyCache:
+        """The study's cache, brought up to date; KeyError if the study is gone."""
+        cache = self.get(study_id)
+        try:
+            cache.sync()
+        except KeyError:
+            self.drop(study_id)
+            raise
+        return cache
+
+    def drop(self, study_id: int) -> None:
+        with self._lock:
+            self._studies.pop(study_id, None)
+
+    def cached_trials(self) -> int:
+        with self._lock:
+            return sum(len(cache) for cache in self._studies.values())
+
+    def _evict_beyond_limit(self, keep: int) -> None:
+        total = sum(len(cache) for cache in self._studies.values())
+        for study_id in list(self._studies):
+            if total <= self._max_trials:
+                break
+            if study_id == keep:
+                continue
+            total -= len(self._studies.pop(study_id))

@@ -1,0 +1,120 @@
+"""`shardproxy serve | demo | --version`.
+
+Every `serve` flag falls back to a `SHARDPROXY_<FLAG>` environment variable (for
+`--db-pool-size`: `SHARDPROXY_DB_POOL_SIZE`), then to the default shown in --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shardproxy import __version__
+from shardproxy.config import DEFAULT_STORAGE_URL, Config, usable_cores
+
+_SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("storage", str, "database URL in SQLAlchemy form, e.g. mysql+pymysql://user:pass@host/db, "
+     "postgresql+psycopg2://user@host/db; default: an SQLite file in the working directory"),
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on (0: pick a free one)"),
+    ("workers", int, "worker processes sharing the port, each owning a shard of the studies"),
+    ("threads", int, "gRPC handler threads per worker (bounds the RPCs in flight per worker)"),
+    ("db-pool-size", int, "database connections per worker"),
+    ("max-batch", int, "most write operations committed in one group transaction"),
+    ("retry-deadline", float, "seconds a transient database error is retried before failing"),
+    ("cache-max-trials", int, "trials cached per worker before whole studies are evicted"),
+    ("drain-timeout", float, "seconds in-flight RPCs may take to finish on SIGTERM"),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+]
+_FIELD_OF_FLAG = {"storage": "storage_url"}
+
+
+def _env_name(flag: str) -> str:
+    return "SHARDPROXY_" + flag.upper().replace("-", "_")
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    for flag, kind, text in _SERVE_FLAGS:
+        field = _FIELD_OF_FLAG.get(flag, flag.replace("-", "_"))
+        env = _env_name(flag)
+        default = kind(os.environ[env]) if env in os.environ else getattr(defaults, field)
+        parser.add_argument(
+            f"--{flag}",
+            dest=field,
+            type=kind,
+            default=default,
+            help=f"{text} [env {env}; default: %(default)s]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardproxy",
+        description="A multi-core gRPC storage proxy for distributed Optuna. Workers use "
+        "the unmodified optuna.storages.GrpcStorageProxy client; the database keeps "
+        "Optuna's own schema.",
+    )
+    parser.add_argument("--version", action="store_true", help="print version and codec")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve Optuna's gRPC storage API for a database",
+        description="Serve Optuna's gRPC storage API for a database until SIGTERM/SIGINT, "
+        "which drain in-flight requests before exiting.",
+    )
+    _add_serve_flags(serve, Config(workers=usable_cores()))
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a proxy on an embedded database and Optuna workers through it",
+        description="Start shardproxy on an SQLite file, run Optuna worker processes "
+        "through it with RandomSampler, and print trials/s and the best trial.",
+    )
+    demo.add_argument("--storage", default=DEFAULT_STORAGE_URL.replace(".db", "-demo.db"),
+                      help="database URL [default: %(default)s]")
+    demo.add_argument("--clients", type=int, default=4,
+                      help="Optuna worker processes [default: %(default)s]")
+    demo.add_argument("--trials", type=int, default=200,
+                      help="trials in all [default: %(default)s]")
+    demo.add_argument("--workers", type=int, default=usable_cores(),
+                      help="proxy worker processes [default: %(default)s]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from shardproxy import codec
+
+        print(f"shardproxy {__version__}, codec {codec.describe()}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        from shardproxy.demo import run_demo
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        return run_demo(args.storage, clients=args.clients, trials=args.trials,
+                        workers=args.workers)
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "version")}
+    config = Config(**options)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from shardproxy.server import run
+
+    try:
+        return run(config)
+    except OSError as exc:
+        print(f"shardproxy: {exc}", file=sys.stderr)
+        return 1

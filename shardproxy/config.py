@@ -1,0 +1,56 @@
+"""All settings of a shardproxy instance, in one dataclass.
+
+The CLI fills it from flags, each of which falls back to a `SHARDPROXY_<NAME>`
+environment variable and then to the default here. Nothing deeper in the package
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_STORAGE_URL = "sqlite:///shardproxy.db"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (honours taskset/cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    storage_url: str = DEFAULT_STORAGE_URL
+    host: str = "localhost"
+    port: int = 13000
+    workers: int = field(default_factory=usable_cores)
+    # gRPC handler threads per worker. A write holds its thread until the group
+    # commit it joined has committed, so this bounds the writes in flight.
+    threads: int = 64
+    db_pool_size: int = 8
+    max_batch: int = 256
+    # How long a transient database error (restart, failover, deadlock) is retried
+    # inside the proxy before the client sees UNAVAILABLE.
+    retry_deadline: float = 60.0
+    # Cached trials per worker, summed over its studies; whole least-recently-used
+    # studies are evicted beyond it.
+    cache_max_trials: int = 2_000_000
+    drain_timeout: float = 30.0
+    log_level: str = "INFO"
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, location = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{location}"

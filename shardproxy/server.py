@@ -1,0 +1,33 @@
+"""Run a shardproxy instance: one worker in this process, or a supervisor and N workers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from shardproxy.config import Config
+
+_logger = logging.getLogger(__name__)
+
+
+def run(config: Config) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    if config.workers == 1:
+        # One worker needs no routing and no supervisor: serve right here.
+        from shardproxy.worker import Worker
+
+        Worker(config).run_until_signalled()
+        return 0
+    # The supervisor never imports grpc: workers are spawned fresh and start gRPC
+    # themselves, as gRPC must not be initialised in a process before it forks.
+    from shardproxy.supervisor import Supervisor
+    from shardproxy.worker import run_worker
+
+    supervisor = Supervisor(
+        functools.partial(run_worker, config),
+        workers=config.workers,
+        host=config.host,
+        port=config.port,
+        drain_timeout=config.drain_timeout,
+    )
+    return supervisor.run()

@@ -1,0 +1,171 @@
+"""One worker process: a store, the study caches, the service, the front, a gRPC server.
+
+A worker is both a front (it terminates client gRPC on the shared port) and the
+owner of one shard of the studies. `Worker` assembles the parts; `run_worker` is
+the supervisor's target in each child process. Everything that opens a socket or
+a database connection is created here, after the process started, never before
+a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+
+from shardproxy import codec
+from shardproxy.cache import StudyCaches
+from shardproxy.config import Config, masked_url
+from shardproxy.errors import StatusError
+from shardproxy.front import Front
+from shardproxy.service import METHODS, Service
+from shardproxy.store import Store
+
+if TYPE_CHECKING:
+    from shardproxy.supervisor import WorkerSpec
+
+_logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "optuna.StorageService"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which shard of the studies a worker owns, and how to reach its peers."""
+
+    index: int = 0
+    count: int = 1
+    # One Unix socket path per shard; empty for a single worker.
+    peer_socket_paths: list[str] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, config: Config, shard: Shard | None = None) -> None:
+        from shardproxy.routing import TrialStudyMap
+
+        self.config = config
+        self.shard = shard or Shard()
+        self.store = Store(
+            config.storage_url,
+            pool_size=config.db_pool_size,
+            max_batch=config.max_batch,
+            retry_deadline=config.retry_deadline,
+        )
+        store = self.store
+        self.caches = StudyCaches(
+            lambda study_id, id_greater_than, ids: store.load_trials(
+                study_id, id_greater_than=id_greater_than, ids=ids
+            ),
+            config.cache_max_trials,
+        )
+        self.service = Service(self.store, self.caches, TrialStudyMap())
+        self.front = self._make_front()
+        self._forward_server = None
+        self._server = self._make_grpc_server()
+        self.port = 0
+
+    def start(self) -> int:
+        """Binds the port (shared with the other workers) and starts serving."""
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        if self.shard.count > 1:
+            from shardproxy.routing import ForwardServer
+
+            path = self.shard.peer_socket_paths[self.shard.index]
+            self._forward_server = ForwardServer(path, self.service.handle_status)
+        self._server.start()
+        _logger.info(
+            "worker %d/%d listening on %s:%d, codec %s, database %s",
+            self.shard.index,
+            self.shard.count,
+            self.config.host,
+            self.port,
+            codec.describe(),
+            masked_url(self.config.storage_url),
+        )
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops accepting, lets in-flight RPCs finish within `grace`, closes the pools."""
+        grace = self.config.drain_timeout if grace is None else grace
+        self._server.stop(grace).wait()
+        if self._forward_server is not None:
+            self._forward_server.close()
+        self.store.close()
+
+    def run_until_signalled(self) -> None:
+        """Serves until SIGTERM or SIGINT, then drains and returns."""
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        self.start()
+        stop.wait()
+        _logger.info("worker %d draining", self.shard.index)
+        self.stop()
+
+    def _make_front(self) -> Front | Service:
+        if self.shard.count == 1:
+            return self.service  # no routing with a single shard
+        from shardproxy.routing import ForwardClient, owner_of
+
+        forwarders = [
+            None if index == self.shard.index else ForwardClient(path)
+            for index, path in enumerate(self.shard.peer_socket_paths)
+        ]
+        count = self.shard.count
+        return Front(
+            self.service,
+            self.shard.index,
+            lambda study_id: owner_of(study_id, count),
+            forwarders,
+            forward_timeout=self.config.retry_deadline + 30.0,
+        )
+
+    def _make_grpc_server(self) -> grpc.Server:
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(_rpc(self.front.handle, index))
+            for index, name in enumerate(METHODS)
+        }
+        return grpc.server(
+            ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="rpc"),
+            handlers=[grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)],
+            options=[
+                # Several workers share the port; a lone one must own it outright.
+                ("grpc.so_reuseport", 1 if self.shard.count > 1 else 0),
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
+
+
+def _rpc(
+    handle: Callable[[int, bytes], bytes], method_index: int
+) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    """A raw-bytes gRPC handler for one method: no generated message classes."""
+
+    def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return handle(method_index, request)
+        except StatusError as exc:
+            context.abort(exc.code, exc.details)
+        except Exception:
+            _logger.exception("%s failed", METHODS[method_index])
+            context.abort(grpc.StatusCode.INTERNAL, f"{METHODS[method_index]} failed")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return rpc
+
+
+
+def run_worker(config: Config, spec: WorkerSpec) -> None:
+    """The supervisor's target: one worker serving its shard until told to stop."""
+    shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
+    Worker(config.replace(port=spec.port), shard).run_until_signalled()
