@@ -21,7 +21,7 @@ import grpc
 
 from shardproxy import codec
 from shardproxy.errors import StatusError
-from shardproxy.service import METHOD_INDEX, METHODS, Service
+from shardproxy.service import METHOD_INDEX, METHODS, Service, status_error
 
 _STUDY_SCOPED = {
     "DeleteStudy": codec.decode_id_request,
@@ -101,10 +101,8 @@ class Front:
             return self._shard_index
         try:
             study_id = study_of(request)
-        except codec.DecodeError as exc:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-        except KeyError as exc:
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"trial {exc.args[0]} not found")
+        except (codec.DecodeError, KeyError) as exc:
+            raise status_error(exc) from exc
         return self._owner_of(study_id)
 
     def _forward(self, owner: int, method_index: int, request: bytes) -> bytes:
@@ -113,7 +111,8 @@ class Front:
         try:
             status, payload = forwarder.call(method_index, request, self._forward_timeout)
         except (ConnectionError, TimeoutError, OSError) as exc:
-            raise StatusError(grpc.StatusCode.UNAVAILABLE, f"shard {owner} unavailable: {exc}")
+            message = f"shard {owner} unavailable: {exc}"
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, message) from exc
         if status != 0:
             code = _STATUS_BY_VALUE.get(status, grpc.StatusCode.UNKNOWN)
             raise StatusError(code, payload.decode("utf-8", "replace"))

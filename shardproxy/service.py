@@ -76,20 +76,12 @@ class Service:
         """The reply bytes for `request`; raises StatusError with the status to send."""
         try:
             return self._handlers[method_index](request)
-        except codec.DecodeError as exc:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-        except KeyError as exc:
-            raise StatusError(grpc.StatusCode.NOT_FOUND, _details(exc, "not found"))
-        except DuplicatedStudyError as exc:
-            raise StatusError(grpc.StatusCode.ALREADY_EXISTS, _details(exc, "study exists"))
-        except UpdateFinishedTrialError as exc:
-            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, _details(exc, "finished"))
-        except ValueError as exc:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, _details(exc, "invalid value"))
+        except _DOMAIN_ERRORS as exc:
+            raise status_error(exc) from exc
         except sqlalchemy.exc.OperationalError as exc:
             # The store already retried transient errors up to its deadline.
             _logger.warning("database unavailable: %s", exc)
-            raise StatusError(grpc.StatusCode.UNAVAILABLE, "database unavailable")
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "database unavailable") from exc
 
     def handle_status(self, method_index: int, request: bytes) -> tuple[int, bytes]:
         """`handle` for the forwarding channel: (0, reply) or (status code, details)."""
@@ -231,6 +223,23 @@ def _check_template(template: TrialRow) -> None:
     _check_enum(template.state, STATE_NAMES, "trial state")
 
 
-def _details(exc: BaseException, fallback: str) -> str:
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return text or fallback
+# The client's mapping of codes to exceptions, read backwards; first match wins
+# (DecodeError is a ValueError, but says more).
+_CODE_OF_ERROR: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
+    (codec.DecodeError, grpc.StatusCode.INVALID_ARGUMENT, "malformed request"),
+    (KeyError, grpc.StatusCode.NOT_FOUND, "not found"),
+    (DuplicatedStudyError, grpc.StatusCode.ALREADY_EXISTS, "study name taken"),
+    (UpdateFinishedTrialError, grpc.StatusCode.FAILED_PRECONDITION, "trial already finished"),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT, "invalid value"),
+)
+_DOMAIN_ERRORS = tuple(kind for kind, _, _ in _CODE_OF_ERROR)
+
+
+def status_error(exc: Exception) -> StatusError:
+    """The status that answers a domain error, as the client expects it."""
+    for kind, code, summary in _CODE_OF_ERROR:
+        if isinstance(exc, kind):
+            # str(KeyError("x")) is "'x'": take the message itself.
+            text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            return StatusError(code, f"{summary}: {text}" if text else summary)
+    raise AssertionError(f"no status for {exc!r}")

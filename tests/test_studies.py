@@ -30,7 +30,10 @@ def quadratic(trial: optuna.Trial) -> float:
 
 @pytest.mark.parametrize(
     "sampler",
-    [optuna.samplers.RandomSampler(seed=1), optuna.samplers.TPESampler(seed=1, n_startup_trials=5)],
+    [
+        optuna.samplers.RandomSampler(seed=1),
+        optuna.samplers.TPESampler(seed=1, n_startup_trials=5),
+    ],
     ids=["random", "tpe"],
 )
 def test_single_objective_study_completes(storage: GrpcStorageProxy, sampler) -> None:  # type: ignore[no-untyped-def]
