@@ -310,8 +310,13 @@ cdef class _TrialFields:
         )
 
 
+# Each reader puts one map entry into `into`; an entry that carries an unknown field
+# is dropped, as Python protobuf (upb) drops it.
+
+
 cdef int read_string_string_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef Tag tag
+    cdef bint dropped = False
     cdef str key = ""
     cdef str value = ""
     while rb.pos < rb.end:
@@ -322,12 +327,15 @@ cdef int read_string_string_entry(ReadBuf* rb, int depth, dict into) except -1:
             value = rb_string(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)
-    into[key] = value
+            dropped = True
+    if not dropped:
+        into[key] = value
     return 0
 
 
 cdef int read_string_double_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef Tag tag
+    cdef bint dropped = False
     cdef str key = ""
     cdef double value = 0.0
     while rb.pos < rb.end:
@@ -338,12 +346,15 @@ cdef int read_string_double_entry(ReadBuf* rb, int depth, dict into) except -1:
             value = rb_double(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)
-    into[key] = value
+            dropped = True
+    if not dropped:
+        into[key] = value
     return 0
 
 
 cdef int read_int64_double_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef Tag tag
+    cdef bint dropped = False
     cdef int64_t key = 0
     cdef double value = 0.0
     while rb.pos < rb.end:
@@ -354,5 +365,7 @@ cdef int read_int64_double_entry(ReadBuf* rb, int depth, dict into) except -1:
             value = rb_double(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)
-    into[key] = value
+            dropped = True
+    if not dropped:
+        into[key] = value
     return 0

@@ -7,10 +7,11 @@ Optuna's own `api_pb2` classes.
 
 Decoding follows proto3 as Python protobuf (upb) parses it: last scalar wins,
 repeated scalars packed or not, map entries last key wins with missing key or
-value defaulted, a repeated submessage merged, unknown fields (groups included)
-skipped, nesting limited to 100 levels. One deliberate difference: a known field
-sent with the wrong wire type is a DecodeError here, where protobuf would keep it
-as an unknown field and report the field unset.
+value defaulted (and an entry carrying an unknown field dropped), a repeated
+submessage merged, unknown fields (groups included) skipped, nesting limited to
+100 levels. One deliberate difference: a known field sent with the wrong wire type
+is a DecodeError here, where protobuf would keep it as an unknown field and report
+the field unset.
 """
 
 from __future__ import annotations
@@ -487,20 +488,15 @@ class _TrialFields:
 
     def _merge_entry(self, field: int, data: bytes, pos: int, end: int, depth: int) -> None:
         if field == 7:
-            name, value = _string_double_entry(data, pos, end, depth)
-            self.params[name] = value
+            _read_string_double_entry(data, pos, end, depth, self.params)
         elif field == 8:
-            key, text = _string_string_entry(data, pos, end, depth)
-            self.distributions[key] = text
+            _read_string_string_entry(data, pos, end, depth, self.distributions)
         elif field == 9:
-            key, text = _string_string_entry(data, pos, end, depth)
-            self.user_attrs[key] = text
+            _read_string_string_entry(data, pos, end, depth, self.user_attrs)
         elif field == 10:
-            key, text = _string_string_entry(data, pos, end, depth)
-            self.system_attrs[key] = text
+            _read_string_string_entry(data, pos, end, depth, self.system_attrs)
         else:
-            step, value = _int64_double_entry(data, pos, end, depth)
-            self.intermediate_values[step] = value
+            _read_int64_double_entry(data, pos, end, depth, self.intermediate_values)
 
     def row(self) -> TrialRow:
         distributions = self.distributions
@@ -528,8 +524,15 @@ class _TrialFields:
         )
 
 
-def _string_string_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[str, str]:
+# Each reader puts one map entry into `into`; an entry that carries an unknown field
+# is dropped, as Python protobuf (upb) drops it.
+
+
+def _read_string_string_entry(
+    data: bytes, pos: int, end: int, depth: int, into: dict[str, str]
+) -> None:
     key, value = "", ""
+    dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
         if field == 1:
@@ -538,11 +541,16 @@ def _string_string_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[s
             value, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
-    return key, value
+            dropped = True
+    if not dropped:
+        into[key] = value
 
 
-def _string_double_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[str, float]:
+def _read_string_double_entry(
+    data: bytes, pos: int, end: int, depth: int, into: dict[str, float]
+) -> None:
     key, value = "", 0.0
+    dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
         if field == 1:
@@ -551,11 +559,16 @@ def _string_double_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[s
             value, pos = _double(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
-    return key, value
+            dropped = True
+    if not dropped:
+        into[key] = value
 
 
-def _int64_double_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[int, float]:
+def _read_int64_double_entry(
+    data: bytes, pos: int, end: int, depth: int, into: dict[int, float]
+) -> None:
     key, value = 0, 0.0
+    dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
         if field == 1:
@@ -564,7 +577,9 @@ def _int64_double_entry(data: bytes, pos: int, end: int, depth: int) -> tuple[in
             value, pos = _double(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
-    return key, value
+            dropped = True
+    if not dropped:
+        into[key] = value
 
 
 # -- replies ------------------------------------------------------------------
