@@ -54,15 +54,18 @@ def _mix64(value: int) -> int:
 def owner_of(study_id: int, shard_count: int) -> int:
     """The shard (0 ≤ shard < shard_count) that owns `study_id`.
 
-    Stable across processes and runs (Python's `hash` is not, for every type). The
-    ids are mixed before the modulo rather than taken as they are, because databases
-    set up for multi-primary replication allocate ids with a stride
-    (`auto_increment_increment`) that plain `study_id % shard_count` would pile
-    onto a few shards.
+    Stable across processes and runs (unlike Python's `hash` of most types). Ids are
+    cut into aligned blocks of `shard_count` consecutive ids (1..N, N+1..2N, ...);
+    within a block the shards follow each other in a rotation picked by a fixed
+    64-bit mix of the block number. So the few studies of a small deployment,
+    created one after the other, land on distinct shards, while ids allocated with
+    a stride (`auto_increment_increment` on multi-primary MySQL clusters), which
+    plain `study_id % shard_count` would pile onto few shards, still spread evenly.
     """
     if shard_count < 1:
         raise ValueError(f"shard_count must be at least 1, got {shard_count}")
-    return _mix64(study_id) % shard_count
+    position = study_id - 1  # database ids start at 1
+    return (position + _mix64(position // shard_count)) % shard_count
 
 
 # -- trial → study map -------------------------------------------------------------
@@ -496,6 +499,9 @@ class ForwardClient:
             reply_id, status, payload = frame
             if reply_id != request_id:
                 raise ForwardError(f"reply {reply_id} from {self.path} to request {request_id}")
+        except ConnectionResetError as exc:
+            channel.close()
+            raise ForwardError(f"peer {self.path} dropped the connection: {exc}") from exc
         except BaseException:
             channel.close()  # its state is unknown: a late reply may still arrive
             raise
