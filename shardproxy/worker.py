@@ -24,6 +24,7 @@ from shardproxy.cache import StudyCaches
 from shardproxy.config import Config, masked_url
 from shardproxy.errors import StatusError
 from shardproxy.front import Front
+from shardproxy.routing import ForwardClient, ForwardServer, TrialStudyMap, owner_of
 from shardproxy.service import METHODS, Service
 from shardproxy.store import Store
 
@@ -47,8 +48,6 @@ class Shard:
 
 class Worker:
     def __init__(self, config: Config, shard: Shard | None = None) -> None:
-        from shardproxy.routing import TrialStudyMap
-
         self.config = config
         self.shard = shard or Shard()
         self.store = Store(
@@ -65,8 +64,9 @@ class Worker:
             config.cache_max_trials,
         )
         self.service = Service(self.store, self.caches, TrialStudyMap())
+        self._forwarders: list[ForwardClient] = []
+        self._forward_server: ForwardServer | None = None
         self.front = self._make_front()
-        self._forward_server = None
         self._server = self._make_grpc_server()
         self.port = 0
 
@@ -77,8 +77,6 @@ class Worker:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         if self.shard.count > 1:
-            from shardproxy.routing import ForwardServer
-
             path = self.shard.peer_socket_paths[self.shard.index]
             self._forward_server = ForwardServer(path, self.service.handle_status)
         self._server.start()
@@ -99,6 +97,8 @@ class Worker:
         self._server.stop(grace).wait()
         if self._forward_server is not None:
             self._forward_server.close()
+        for forwarder in self._forwarders:
+            forwarder.close()
         self.store.close()
 
     def run_until_signalled(self) -> None:
@@ -114,12 +114,11 @@ class Worker:
     def _make_front(self) -> Front | Service:
         if self.shard.count == 1:
             return self.service  # no routing with a single shard
-        from shardproxy.routing import ForwardClient, owner_of
-
         forwarders = [
             None if index == self.shard.index else ForwardClient(path)
             for index, path in enumerate(self.shard.peer_socket_paths)
         ]
+        self._forwarders = [f for f in forwarders if f is not None]
         count = self.shard.count
         return Front(
             self.service,
