@@ -120,7 +120,7 @@ def encode_trials_reply(trials):
 
 cdef bytes repeated_messages(unsigned char tag, object messages):
     """`tag: message` for each message, into one bytes object sized in advance."""
-    cdef list items = [as_bytes(message) for message in messages]
+    cdef list items = [as_bytes(item) for item in messages]
     cdef Py_ssize_t total = 0
     cdef Py_ssize_t size
     cdef bytes message

@@ -9,9 +9,10 @@ Decoding follows proto3 as Python protobuf (upb) parses it: last scalar wins,
 repeated scalars packed or not, map entries last key wins with missing key or
 value defaulted (and an entry carrying an unknown field dropped), a repeated
 submessage merged, unknown fields (groups included) skipped, nesting limited to
-100 levels. One deliberate difference: a known field sent with the wrong wire type
-is a DecodeError here, where protobuf would keep it as an unknown field and report
-the field unset.
+100 levels. Deliberately stricter than protobuf: a known field sent with the wrong
+wire type is a DecodeError here (protobuf keeps it as an unknown field and reports
+the field unset), and so is field number 0 inside a group or in a message without
+fields (which protobuf ignores there, and refuses everywhere else).
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
+from hypothesis import strategies as st
 from optuna.storages._grpc.auto_generated import api_pb2
 
 from shardproxy import _codec_py
 from shardproxy._codec_py import DecodeError
-from shardproxy.rows import TrialRow
+from shardproxy.rows import StudyRow, TrialRow
 
 # -- the two implementations ------------------------------------------------------
 
@@ -244,6 +245,59 @@ def loose_form(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [loose_form(item) for item in value]
     return value
+
+
+# -- hypothesis strategies for row values ------------------------------------------
+
+int64s = st.integers(-(2**63), 2**63 - 1)
+enums = st.one_of(st.integers(0, 4), st.integers(-(2**31), 2**31 - 1))
+doubles = st.floats(allow_nan=True, allow_infinity=True)
+texts = st.text(max_size=24)
+attr_maps = st.dictionaries(texts, texts, max_size=6)
+
+
+@st.composite
+def trial_rows(draw: st.DrawFn, max_params: int = 12) -> TrialRow:
+    params = draw(st.dictionaries(texts, st.tuples(doubles, texts), max_size=max_params))
+    steps = draw(st.dictionaries(int64s, doubles, max_size=12))
+    return TrialRow(
+        trial_id=draw(int64s),
+        number=draw(int64s),
+        state=draw(enums),
+        values=draw(st.lists(doubles, max_size=4)),
+        datetime_start=draw(texts),
+        datetime_complete=draw(texts),
+        params=[(name, value, text) for name, (value, text) in params.items()],
+        user_attrs=list(draw(attr_maps).items()),
+        system_attrs=list(draw(attr_maps).items()),
+        intermediate_values=list(steps.items()),
+    )
+
+
+study_rows = st.builds(
+    StudyRow,
+    study_id=int64s,
+    study_name=texts,
+    directions=st.lists(enums, max_size=4),
+    user_attrs=attr_maps,
+    system_attrs=attr_maps,
+)
+
+
+def to_proto_trial(row: TrialRow) -> Any:
+    return pb.Trial(
+        trial_id=row.trial_id,
+        number=row.number,
+        state=row.state,
+        values=row.values,
+        datetime_start=row.datetime_start,
+        datetime_complete=row.datetime_complete,
+        params={name: value for name, value, _ in row.params},
+        distributions={name: text for name, _, text in row.params},
+        user_attributes=dict(row.user_attrs),
+        system_attributes=dict(row.system_attrs),
+        intermediate_values=dict(row.intermediate_values),
+    )
 
 
 # -- random valid messages --------------------------------------------------------
