@@ -1,0 +1,390 @@
+"""The supervisor with real worker processes running small line-protocol servers.
+
+The worker targets are module-level functions here, so spawned children can import
+them. Most tests run `Supervisor.run()` in a thread and inject signals with
+`enqueue_signal`; the ones about real signals and the supervisor's own death run it
+in a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shardproxy.supervisor import (
+    EXIT_BOOT_FAILURE,
+    PortInUseError,
+    Supervisor,
+    WorkerSpec,
+    ensure_port_free,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 60.0  # every wait in these tests ends; none of them is a speed claim
+
+# -- worker targets (run in the spawned children) ------------------------------------
+
+
+def line_server(spec: WorkerSpec) -> None:
+    """Serves the shared port until told to stop, then finishes what is in flight.
+
+    Lines: `whoami` → "<shard> <pid> <socket path> <peer count>"; `work S` →
+    "started", S seconds later "done".
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((spec.host, spec.port))
+    listener.listen()
+    spec.notify_ready()
+    in_flight: list[threading.Thread] = []
+    while not spec.stop_requested:
+        readable, _, _ = select.select([listener], [], [], 0.05)
+        if readable:
+            conn, _ = listener.accept()
+            thread = threading.Thread(target=_answer_lines, args=(spec, conn))
+            thread.start()
+            in_flight.append(thread)
+        spec.heartbeat()
+    listener.close()
+    for thread in in_flight:
+        thread.join(BOUND)
+
+
+def _answer_lines(spec: WorkerSpec, conn: socket.socket) -> None:
+    with conn, conn.makefile("rw") as stream:
+        for line in stream:
+            command, *args = line.split()
+            if command == "whoami":
+                paths = spec.peer_socket_paths
+                stream.write(f"{spec.shard_index} {os.getpid()} {spec.socket_path} {len(paths)}\n")
+            elif command == "work":
+                stream.write("started\n")
+                stream.flush()
+                time.sleep(float(args[0]))
+                stream.write("done\n")
+            stream.flush()
+
+
+def fails_to_boot(spec: WorkerSpec) -> None:
+    raise RuntimeError("cannot reach the database")
+
+
+def ignores_stop(spec: WorkerSpec) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    spec.notify_ready()
+    time.sleep(BOUND * 2)
+
+
+def shard_zero_stalls(spec: WorkerSpec) -> None:
+    """Shard 0 hangs after it is ready (no heartbeat); the others stay healthy."""
+    spec.notify_ready()
+    if spec.shard_index == 0:
+        spec.wait_for_stop()
+        return
+    assert spec.heartbeat_interval is not None
+    while not spec.wait_for_stop(spec.heartbeat_interval):
+        spec.heartbeat()
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def ask(port: int, line: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as conn:
+        conn.sendall(line.encode() + b"\n")
+        with conn.makefile() as stream:
+            return stream.readline().strip()
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def busy_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        # Even a listener that allows port sharing must be refused.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+class Running:
+    """A supervisor run in a thread."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.exit_codes: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.exit_codes.append(supervisor.run()))
+
+    def wait_ready(self) -> dict[int, int]:
+        assert self.supervisor.wait_ready(BOUND), "workers did not become ready"
+        return self.supervisor.worker_pids()
+
+    def exit_code(self) -> int:
+        self.thread.join(BOUND)
+        assert not self.thread.is_alive(), "supervisor did not return"
+        return self.exit_codes[0]
+
+
+@pytest.fixture
+def supervise() -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(target: Callable[[WorkerSpec], None], **options: object) -> Running:
+        settings: dict[str, object] = {
+            "workers": 2,
+            "host": "127.0.0.1",
+            "port": 0,
+            "drain_timeout": 10.0,
+        }
+        settings.update(options)
+        running = Running(Supervisor(target, **settings))  # type: ignore[arg-type]
+        running.thread.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:  # a failed test must not leave workers behind
+        if running.thread.is_alive():
+            running.supervisor.enqueue_signal(signal.SIGINT)
+            running.supervisor.enqueue_signal(signal.SIGINT)
+            running.thread.join(BOUND)
+
+
+# -- the port ----------------------------------------------------------------------
+
+
+def test_ensure_port_free_gives_a_concrete_port_for_zero() -> None:
+    port = ensure_port_free("127.0.0.1", 0)
+    assert port > 0
+    assert ensure_port_free("127.0.0.1", port) == port
+
+
+def test_ensure_port_free_refuses_a_port_in_use_naming_it() -> None:
+    with busy_port() as port:
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{port} is already in use"):
+            ensure_port_free("127.0.0.1", port)
+
+
+def test_supervisor_refuses_an_occupied_port(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    with busy_port() as port:
+        running = supervise(line_server, port=port)
+        assert running.exit_code() == 1
+        assert running.supervisor.worker_pids() == {}
+        assert f"127.0.0.1:{port} is already in use" in caplog.text
+
+
+# -- running ---------------------------------------------------------------------
+
+
+def test_all_workers_serve_the_shared_port(supervise: Callable[..., Running]) -> None:
+    running = supervise(line_server, workers=3)
+    pids = running.wait_ready()
+    assert sorted(pids) == [0, 1, 2]
+    port = running.supervisor.port
+    answers: dict[int, list[str]] = {}
+    for _ in range(300):  # the kernel spreads connections over the workers
+        shard, pid, path, peers = ask(port, "whoami").split()
+        answers[int(shard)] = [pid, path, peers]
+        if len(answers) == 3:
+            break
+    assert {shard: int(pid) for shard, (pid, _, _) in answers.items()} == pids
+    paths = [Path(path) for _, path, _ in answers.values()]
+    assert len(set(paths)) == 3 and len({path.parent for path in paths}) == 1
+    assert {peers for _, _, peers in answers.values()} == {"3"}
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+    assert not paths[0].parent.exists()  # the private socket directory is removed
+
+
+def test_killed_worker_comes_back_with_its_shard_and_the_others_are_untouched(
+    supervise: Callable[..., Running],
+) -> None:
+    running = supervise(line_server, workers=3)
+    before = running.wait_ready()
+    os.kill(before[1], signal.SIGKILL)
+    wait_until(lambda: running.supervisor.worker_pids().get(1) not in (None, before[1]), "respawn")
+    after = running.supervisor.worker_pids()
+    assert after[0] == before[0] and after[2] == before[2]
+    assert after[1] != before[1]
+    port = running.supervisor.port
+    wait_until(
+        lambda: ask(port, "whoami").split()[:2] == ["1", str(after[1])], "the new shard 1 answers"
+    )
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_exits_zero(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    running = supervise(line_server)
+    pids = running.wait_ready()
+    with socket.create_connection(("127.0.0.1", running.supervisor.port), timeout=BOUND) as conn:
+        conn.sendall(b"work 1.0\n")
+        with conn.makefile() as reply:
+            assert reply.readline() == "started\n"
+            running.supervisor.enqueue_signal(signal.SIGTERM)
+            assert reply.readline() == "done\n"
+    assert running.exit_code() == 0
+    assert all(process_gone(pid) for pid in pids.values())
+    assert "still draining" not in caplog.text  # they finished, nobody was killed
+
+
+def test_worker_that_does_not_drain_is_killed_at_the_drain_timeout(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    running = supervise(ignores_stop, drain_timeout=0.5)
+    pids = running.wait_ready()
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+    assert "killing 2 workers still draining" in caplog.text
+    assert all(process_gone(pid) for pid in pids.values())
+
+
+def test_second_sigint_kills_without_waiting_for_the_drain(
+    supervise: Callable[..., Running],
+) -> None:
+    running = supervise(ignores_stop, drain_timeout=BOUND * 10)
+    pids = running.wait_ready()
+    running.supervisor.enqueue_signal(signal.SIGINT)
+    running.supervisor.enqueue_signal(signal.SIGINT)
+    assert running.exit_code() == 0  # long before the ten-minute drain
+    assert all(process_gone(pid) for pid in pids.values())
+
+
+def test_boot_failure_stops_everything_instead_of_restarting(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shardproxy.supervisor")
+    running = supervise(fails_to_boot)
+    assert running.exit_code() == EXIT_BOOT_FAILURE
+    assert not running.supervisor.ready.is_set()
+    assert "failed to start" in caplog.text
+    assert "restarting" not in caplog.text
+
+
+def test_worker_with_a_stale_heartbeat_is_killed_and_restarted(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    running = supervise(shard_zero_stalls, heartbeat_timeout=1.0)
+    before = running.wait_ready()
+    wait_until(lambda: running.supervisor.worker_pids().get(0) not in (None, before[0]), "restart")
+    assert running.supervisor.worker_pids()[1] == before[1]
+    assert "sent no heartbeat" in caplog.text
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_ready_callback_runs_once_all_workers_are_ready(
+    supervise: Callable[..., Running],
+) -> None:
+    seen: list[dict[int, int]] = []
+    running: Running | None = None
+
+    def on_ready() -> None:
+        assert running is not None
+        seen.append(running.supervisor.worker_pids())
+
+    running = supervise(line_server, ready_callback=on_ready)
+    pids = running.wait_ready()
+    assert seen == [pids]
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+# -- real signals, in a subprocess ------------------------------------------------------
+
+SUPERVISOR_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys
+    from shardproxy.supervisor import Supervisor
+    from tests.test_supervisor import line_server
+
+    logging.basicConfig(level=logging.INFO)
+
+    def announce():
+        pids = sorted(supervisor.worker_pids().values())
+        print("READY", supervisor.port, *pids, flush=True)
+
+    supervisor = Supervisor(line_server, workers=2, host="127.0.0.1", port=0,
+                            drain_timeout=10, ready_callback=announce)
+    sys.exit(supervisor.run())
+    """
+)
+
+
+@contextlib.contextmanager
+def supervisor_process() -> Iterator[tuple[subprocess.Popen[str], int, list[int]]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_SCRIPT],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], BOUND)
+        assert readable, "supervisor did not report ready"
+        _, port, *pids = process.stdout.readline().split()
+        yield process, int(port), [int(pid) for pid in pids]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=BOUND)
+
+
+def test_real_sigterm_drains_and_exits_zero() -> None:
+    with supervisor_process() as (process, port, pids):
+        assert ask(port, "whoami").split()[1] in {str(pid) for pid in pids}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(BOUND) == 0
+        assert all(process_gone(pid) for pid in pids)
+
+
+def test_killing_the_supervisor_takes_its_workers_down() -> None:
+    with supervisor_process() as (process, port, pids):
+        assert len(pids) == 2
+        process.kill()
+        process.wait(BOUND)
+        wait_until(lambda: all(process_gone(pid) for pid in pids), "orphaned workers exit")
+    assert ensure_port_free("127.0.0.1", port) == port
+
+
+def test_supervisor_module_does_not_import_grpc() -> None:
+    code = "import sys, shardproxy.supervisor; print('grpc' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=BOUND
+    )
+    assert result.stdout.strip() == "False"
