@@ -381,10 +381,12 @@ class ForwardServer:
         os.close(self._wake_w)
 
     def _accept_loop(self) -> None:
+        poll = select.poll()
+        poll.register(self._listener, select.POLLIN)
+        poll.register(self._wake_r, select.POLLIN)
         try:
             while True:
-                readable, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [])
-                if self._wake_r in readable:
+                if any(fd == self._wake_r for fd, _ in poll.poll()):
                     return
                 try:
                     sock, _ = self._listener.accept()

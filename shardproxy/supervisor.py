@@ -69,21 +69,23 @@ def ensure_port_free(host: str, port: int) -> int:
     port can still be taken between this check and the workers' bind.)
     """
     addresses = _addresses(host, port)
-    while True:
+    for _ in range(100):  # port 0: the port picked on one address may be taken on another
         chosen = port
         try:
             for family, address in addresses:
-                chosen = _probe(family, (address[0], chosen, *address[2:]))
-            return chosen
+                chosen = _probe(family, (address[0], chosen, *address[2:])) or chosen
         except PortInUseError:
-            if port != 0:
-                raise PortInUseError(
-                    errno.EADDRINUSE,
-                    f"{host}:{port} is already in use by another process; stop it or "
-                    "choose another port (shardproxy shares a port only among its own "
-                    "workers)",
-                ) from None
-            # Port 0: the port picked on one address was taken on another; pick again.
+            if port == 0:
+                continue
+            raise PortInUseError(
+                errno.EADDRINUSE,
+                f"{host}:{port} is already in use by another process; stop it or choose "
+                "another port (shardproxy shares a port only among its own workers)",
+            ) from None
+        if chosen == 0:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound here")
+        return chosen
+    raise PortInUseError(errno.EADDRINUSE, f"found no port free on every address of {host}")
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
@@ -98,7 +100,7 @@ def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
 
 
 def _probe(family: int, address: tuple[Any, ...]) -> int:
-    """Binds and releases `address`; returns its port. Unusable addresses are skipped."""
+    """Binds and releases `address`; returns its port, 0 for an address unusable here."""
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR as gRPC sets it: TIME_WAIT leftovers of our own previous run
         # must not count as "in use", a listener still does.
@@ -109,7 +111,7 @@ def _probe(family: int, address: tuple[Any, ...]) -> int:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(errno.EADDRINUSE, str(exc)) from None
             if exc.errno == errno.EADDRNOTAVAIL:  # e.g. ::1 on a host without IPv6
-                return int(address[1])
+                return 0
             raise
         return int(probe.getsockname()[1])
 
@@ -160,8 +162,9 @@ class _StopFlag:
             os.write(self._write, b"\0")
 
     def wait(self, timeout: float | None) -> bool:
-        readable, _, _ = select.select([self._read], [], [], timeout)
-        return bool(readable)
+        poll = select.poll()
+        poll.register(self._read, select.POLLIN)
+        return bool(poll.poll(None if timeout is None else timeout * 1000.0))
 
 
 @dataclass
