@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 from shardproxy.config import Config
+
+if TYPE_CHECKING:
+    from shardproxy.supervisor import WorkerSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -21,13 +25,19 @@ def run(config: Config) -> int:
     # The supervisor never imports grpc: workers are spawned fresh and start gRPC
     # themselves, as gRPC must not be initialised in a process before it forks.
     from shardproxy.supervisor import Supervisor
-    from shardproxy.worker import run_worker
 
     supervisor = Supervisor(
-        functools.partial(run_worker, config),
+        functools.partial(_run_worker, config),
         workers=config.workers,
         host=config.host,
         port=config.port,
         drain_timeout=config.drain_timeout,
     )
     return supervisor.run()
+
+
+def _run_worker(config: Config, spec: WorkerSpec) -> None:
+    """Runs in the spawned worker process: only there are grpc and the worker imported."""
+    from shardproxy.worker import run_worker
+
+    run_worker(config, spec)

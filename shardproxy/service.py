@@ -60,6 +60,8 @@ class TrialStudies(Protocol):
 
     def learn(self, trial_id: int, study_id: int) -> None: ...
 
+    def forget_study(self, study_id: int) -> None: ...
+
 
 class Service:
     """Answers requests for the studies this process owns."""
@@ -115,6 +117,7 @@ class Service:
         study_id = codec.decode_id_request(request)
         self._store.delete_study(study_id)
         self._caches.drop(study_id)
+        self._trial_studies.forget_study(study_id)
         return b""
 
     def _set_study_user_attribute(self, request: bytes) -> bytes:
@@ -196,13 +199,24 @@ class Service:
     def _get_trial(self, request: bytes) -> bytes:
         trial_id = codec.decode_id_request(request)
         study_id = self.study_of_trial(trial_id)
+        encoded = self._trial_bytes(study_id, trial_id)
+        if encoded is None:
+            # The remembered study can be stale where the database reuses the ids of
+            # a deleted study's trials (SQLite does): ask the database once more.
+            actual_study_id = self._store.get_study_id_of_trial(trial_id)
+            if actual_study_id != study_id:
+                self.remember_trial(trial_id, actual_study_id)
+                encoded = self._trial_bytes(actual_study_id, trial_id)
+            if encoded is None:
+                raise KeyError(f"trial {trial_id} not found")
+        return codec.encode_trial_reply(encoded)
+
+    def _trial_bytes(self, study_id: int, trial_id: int) -> bytes | None:
         # A finished trial never changes: no sync needed to answer for it.
         encoded = self._caches.get(study_id).finished_trial_bytes(trial_id)
         if encoded is None:
             encoded = self._caches.synced(study_id).trial_bytes(trial_id)
-            if encoded is None:
-                raise KeyError(f"trial {trial_id} not found")
-        return codec.encode_trial_reply(encoded)
+        return encoded
 
     def _get_trials(self, request: bytes) -> bytes:
         study_id, included_ids, id_greater_than = codec.decode_get_trials_request(request)

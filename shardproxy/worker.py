@@ -165,6 +165,17 @@ def _rpc(
 
 
 def run_worker(config: Config, spec: WorkerSpec) -> None:
-    """The supervisor's target: one worker serving its shard until told to stop."""
+    """The supervisor's target: one worker serving its shard until told to stop.
+
+    The supervisor's child entry point turns SIGTERM (and the supervisor's death)
+    into `spec.wait_for_stop()` returning True; the worker then drains.
+    """
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
-    Worker(config.replace(port=spec.port), shard).run_until_signalled()
+    worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard)
+    worker.start()
+    spec.notify_ready()
+    interval = spec.heartbeat_interval
+    while not spec.wait_for_stop(interval):
+        spec.heartbeat()
+    _logger.info("worker %d draining", shard.index)
+    worker.stop()
