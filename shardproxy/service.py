@@ -199,7 +199,10 @@ class Service:
     def _get_trial(self, request: bytes) -> bytes:
         trial_id = codec.decode_id_request(request)
         study_id = self.study_of_trial(trial_id)
-        encoded = self._trial_bytes(study_id, trial_id)
+        try:
+            encoded = self._trial_bytes(study_id, trial_id)
+        except KeyError:  # the remembered study is gone
+            encoded = None
         if encoded is None:
             # The remembered study can be stale where the database reuses the ids of
             # a deleted study's trials (SQLite does): ask the database once more.
