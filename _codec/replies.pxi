@@ -7,7 +7,7 @@ def encode_id_reply(value):
     wb_init(&wb, 16)
     try:
         wb_int64_field(&wb, 0x08, value)
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
@@ -18,7 +18,7 @@ def encode_name_reply(name):
     wb_init(&wb, 64)
     try:
         wb_string_field(&wb, 0x0A, name)
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
@@ -29,7 +29,7 @@ def encode_directions_reply(directions):
     wb_init(&wb, 16)
     try:
         wb_packed_enums(&wb, 0x0A, directions)
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
@@ -41,7 +41,7 @@ def encode_attrs_reply(attrs):
     try:
         for key, value in attrs.items():
             wb_string_entry(&wb, 0x0A, key, value)
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
@@ -59,7 +59,7 @@ def encode_study(study):
             wb_string_entry(&wb, 0x22, key, value)
         for key, value in system_attrs.items():
             wb_string_entry(&wb, 0x2A, key, value)
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
@@ -77,10 +77,10 @@ def encode_bool_reply(flag):
 def encode_trial(row):
     """A `Trial` message straight from row values."""
     cdef WriteBuf wb
-    wb_init(&wb, 1024)
+    wb_init(&wb, 4096)
     try:
         write_trial(&wb, <tuple>row if PyTuple_Check(row) else tuple(row))
-        return wb_bytes(&wb)
+        return wb_finish(&wb)
     finally:
         wb_free(&wb)
 

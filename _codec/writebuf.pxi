@@ -3,27 +3,26 @@
 
 
 cdef int wb_init(WriteBuf* wb, Py_ssize_t capacity) except -1:
-    wb.data = <char*>PyMem_Malloc(capacity)
-    if wb.data == NULL:
-        raise MemoryError()
+    out = PyBytes_FromStringAndSize(NULL, capacity)
+    Py_INCREF(out)
+    wb.out = <PyObject*>out
+    wb.data = PyBytes_AS_STRING(out)
     wb.length = 0
     wb.capacity = capacity
     return 0
 
 
 cdef inline void wb_free(WriteBuf* wb) noexcept:
-    PyMem_Free(wb.data)
-    wb.data = NULL
+    Py_XDECREF(wb.out)
+    wb.out = NULL
 
 
 cdef int wb_grow(WriteBuf* wb, Py_ssize_t needed) except -1:
     cdef Py_ssize_t capacity = wb.capacity * 2
     if capacity < needed:
         capacity = needed
-    cdef char* data = <char*>PyMem_Realloc(wb.data, capacity)
-    if data == NULL:
-        raise MemoryError()
-    wb.data = data
+    _PyBytes_Resize(&wb.out, capacity)  # on failure it releases `out` and sets NULL
+    wb.data = PyBytes_AS_STRING(<object>wb.out)
     wb.capacity = capacity
     return 0
 
@@ -35,8 +34,12 @@ cdef inline int wb_reserve(WriteBuf* wb, Py_ssize_t extra) except -1:
     return 0
 
 
-cdef inline bytes wb_bytes(WriteBuf* wb):
-    return PyBytes_FromStringAndSize(wb.data, wb.length)
+cdef bytes wb_finish(WriteBuf* wb):
+    """The bytes written, handed over to the caller; wb_free is a no-op afterwards."""
+    _PyBytes_Resize(&wb.out, wb.length)
+    cdef bytes out = <bytes>wb.out
+    wb_free(wb)
+    return out
 
 
 cdef inline int varint_size(uint64_t value) noexcept:
