@@ -46,6 +46,7 @@ _TRIAL_SCOPED = {
     "GetTrial": codec.decode_id_request,
 }
 _CREATE_NEW_TRIAL = METHOD_INDEX["CreateNewTrial"]
+_READS = frozenset(index for index, name in enumerate(METHODS) if name.startswith("Get"))
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -109,7 +110,13 @@ class Front:
         forwarder = self._forwarders[owner]
         assert forwarder is not None
         try:
-            status, payload = forwarder.call(method_index, request, self._forward_timeout)
+            try:
+                status, payload = forwarder.call(method_index, request, self._forward_timeout)
+            except ConnectionError:
+                if method_index not in _READS:
+                    raise  # the owner may have applied the write before it went away
+                # A read is safe to repeat: the owner died mid-call and is restarting.
+                status, payload = forwarder.call(method_index, request, self._forward_timeout)
         except (ConnectionError, TimeoutError, OSError) as exc:
             message = f"shard {owner} unavailable: {exc}"
             raise StatusError(grpc.StatusCode.UNAVAILABLE, message) from exc

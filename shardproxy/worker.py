@@ -9,6 +9,7 @@ a fork.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "optuna.StorageService"
+# How long a forwarded request waits for its owner to come back after a crash; the
+# supervisor restarts a worker within about a second.
+OWNER_RESTART_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,10 @@ class Worker:
         if self.shard.count == 1:
             return self.service  # no routing with a single shard
         forwarders = [
-            None if index == self.shard.index else ForwardClient(path)
+            None
+            if index == self.shard.index
+            # Wait for a restarting owner rather than failing the client at once.
+            else ForwardClient(path, connect_timeout=OWNER_RESTART_WAIT)
             for index, path in enumerate(self.shard.peer_socket_paths)
         ]
         self._forwarders = [f for f in forwarders if f is not None]
@@ -170,6 +177,7 @@ def run_worker(config: Config, spec: WorkerSpec) -> None:
     The supervisor's child entry point turns SIGTERM (and the supervisor's death)
     into `spec.wait_for_stop()` returning True; the worker then drains.
     """
+    _name_process(f"shardproxy-w{spec.shard_index}")
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
     worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard)
     worker.start()
@@ -179,3 +187,12 @@ def run_worker(config: Config, spec: WorkerSpec) -> None:
         spec.heartbeat()
     _logger.info("worker %d draining", shard.index)
     worker.stop()
+
+
+def _name_process(name: str) -> None:
+    """Shows the shard in `ps`/`top` (/proc/PID/comm), where all workers look alike."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux: the name is a convenience only
