@@ -373,7 +373,7 @@ def random_field(rng: random.Random, field: int, kind: str, depth: int) -> bytes
     return bytes_field(field, random_entry(rng, kind, depth + 1))
 
 
-def random_entry(rng: random.Random, kind: str, depth: int, key: object = None) -> bytes:
+def random_entry(rng: random.Random, kind: str, depth: int, key: str | int | None = None) -> bytes:
     """A map entry; `key` when given, else random; a default key or the value may be left out."""
     schema = ENTRY_SCHEMAS[kind]
     if key is None:

@@ -317,16 +317,19 @@ def test_out_of_range_numbers_overflow(codec: ModuleType, encode: Any) -> None:
         encode(codec)
 
 
+NOT_TEXT: Any = None
+
+
 @pytest.mark.parametrize(
     "encode",
     [
         lambda c: c.encode_name_reply(None),
         lambda c: c.encode_name_reply(b"bytes"),
         lambda c: c.encode_attrs_reply({"k": 1}),
-        lambda c: c.encode_trial(empty_trial_row()._replace(datetime_start=None)),
-        lambda c: c.encode_trial(empty_trial_row()._replace(user_attrs=[(1, "v")])),
+        lambda c: c.encode_trial(empty_trial_row()._replace(datetime_start=NOT_TEXT)),
+        lambda c: c.encode_trial(empty_trial_row()._replace(user_attrs=[(NOT_TEXT, "v")])),
     ],
-    ids=["None name", "bytes name", "int value", "None datetime", "int key"],
+    ids=["None name", "bytes name", "int value", "None datetime", "None key"],
 )
 def test_non_text_is_a_type_error(codec: ModuleType, encode: Any) -> None:
     with pytest.raises(TypeError):
