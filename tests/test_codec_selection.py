@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import shardproxy
 from shardproxy import _codec_py, codec
 from tests.codec_strategies import IN_CI, NO_EXTENSIONS, compiled_codec
 
@@ -28,11 +29,12 @@ def _setup_compiled_modules() -> tuple[str, ...]:
 
 
 def _built_extensions() -> set[str]:
-    """The extension modules found next to the package's sources."""
+    """The extension modules found in the package that is imported."""
+    package = Path(shardproxy.__file__).parent
     suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
     built = set()
-    for path in (ROOT / "shardproxy").rglob("*"):
-        name = path.relative_to(ROOT).as_posix()
+    for path in package.rglob("*"):
+        name = path.relative_to(package.parent).as_posix()
         suffix = next((s for s in suffixes if name.endswith(s)), None)
         if suffix is not None:
             built.add(name[: -len(suffix)].replace("/", "."))
