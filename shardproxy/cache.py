@@ -196,6 +196,10 @@ class StudyCaches:
         with self._lock:
             self._studies.pop(study_id, None)
 
+    def holds(self, study_id: int) -> bool:
+        with self._lock:
+            return study_id in self._studies
+
     def cached_trials(self) -> int:
         with self._lock:
             return sum(len(cache) for cache in self._studies.values())

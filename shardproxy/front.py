@@ -21,6 +21,7 @@ import grpc
 
 from shardproxy import codec
 from shardproxy.errors import StatusError
+from shardproxy.metrics import Metrics
 from shardproxy.service import METHOD_INDEX, METHODS, Service, status_error
 
 _STUDY_SCOPED = {
@@ -65,8 +66,10 @@ class Front:
         shard_index: int,
         owner_of: Callable[[int], int],
         forwarders: Sequence[Forwarder | None],
+        metrics: Metrics,
         forward_timeout: float,
     ) -> None:
+        self._metrics = metrics
         self._service = service
         self._shard_index = shard_index
         self._owner_of = owner_of
@@ -88,6 +91,7 @@ class Front:
         owner = self.owner_of_request(method_index, request)
         if owner == self._shard_index:
             return self._service.handle(method_index, request)
+        self._metrics.add(f"forwarded.{METHODS[method_index]}")
         reply = self._forward(owner, method_index, request)
         if method_index == _CREATE_NEW_TRIAL:
             # CreateNewTrialReply has the shape of an id request: field 1, int64.

@@ -18,9 +18,11 @@ def run(config: Config) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
     if config.workers == 1:
         # One worker needs no routing and no supervisor: serve right here.
+        from shardproxy.supervisor import ensure_port_free
         from shardproxy.worker import Worker
 
-        Worker(config).run_until_signalled()
+        port = ensure_port_free(config.host, config.port)
+        Worker(config.replace(port=port)).run_until_signalled()
         return 0
     # The supervisor never imports grpc: workers are spawned fresh and start gRPC
     # themselves, as gRPC must not be initialised in a process before it forks.

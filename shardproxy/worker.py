@@ -25,6 +25,7 @@ from shardproxy.cache import StudyCaches
 from shardproxy.config import Config, masked_url
 from shardproxy.errors import StatusError
 from shardproxy.front import Front
+from shardproxy.metrics import Metrics
 from shardproxy.routing import ForwardClient, ForwardServer, TrialStudyMap, owner_of
 from shardproxy.service import METHODS, Service
 from shardproxy.store import Store
@@ -68,6 +69,7 @@ class Worker:
             config.cache_max_trials,
         )
         self.service = Service(self.store, self.caches, TrialStudyMap())
+        self.metrics = Metrics()
         self._forwarders: list[ForwardClient] = []
         self._forward_server: ForwardServer | None = None
         self.front = self._make_front()
@@ -95,10 +97,15 @@ class Worker:
         )
         return self.port
 
+    def front_requests(self) -> int:
+        """RPCs this worker received from clients (served here or forwarded)."""
+        return sum(n for k, n in self.metrics.snapshot().items() if k.startswith("received."))
+
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting, lets in-flight RPCs finish within `grace`, closes the pools."""
         grace = self.config.drain_timeout if grace is None else grace
         self._server.stop(grace).wait()
+        _logger.info("worker %d stopped: %s", self.shard.index, self.metrics.summary())
         if self._forward_server is not None:
             self._forward_server.close()
         for forwarder in self._forwarders:
@@ -132,12 +139,15 @@ class Worker:
             self.shard.index,
             lambda study_id: owner_of(study_id, count),
             forwarders,
+            self.metrics,
             forward_timeout=self.config.retry_deadline + 30.0,
         )
 
     def _make_grpc_server(self) -> grpc.Server:
         handlers = {
-            name: grpc.unary_unary_rpc_method_handler(_rpc(self.front.handle, index))
+            name: grpc.unary_unary_rpc_method_handler(
+                _rpc(self.front.handle, index, self.metrics)
+            )
             for index, name in enumerate(METHODS)
         }
         return grpc.server(
@@ -153,11 +163,13 @@ class Worker:
 
 
 def _rpc(
-    handle: Callable[[int, bytes], bytes], method_index: int
+    handle: Callable[[int, bytes], bytes], method_index: int, metrics: Metrics
 ) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     """A raw-bytes gRPC handler for one method: no generated message classes."""
+    counter = f"received.{METHODS[method_index]}"
 
     def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
+        metrics.add(counter)
         try:
             return handle(method_index, request)
         except StatusError as exc:
