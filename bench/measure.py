@@ -1,0 +1,254 @@
+"""One cell of a run: a system under one load in one scenario, on a fresh database.
+
+    fresh database -> studies (and pre-filled trials) -> the system started
+    -> GetTrials latencies (pre-filled scenario) -> the load through its window
+    -> the system stopped -> database counters read -> figures
+
+The figures are per completed trial: trials counted in the database (the echo
+floor has none, so there the load's own count), CPU of the proxy tree, of the load
+processes and of the database server, and the database's statement counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench import counters, databases, latency
+from bench.loadgen.process import GeneratorConfig
+from bench.loadgen.real import GRPC_PREFIX, RealClientsConfig
+from bench.loads import LoadFailed, LoadOutcome, run_load
+from bench.scenarios import Scenario
+from bench.stats import percentile
+from bench.systems import PROXIES, ProxyOptions, RunningProxy, Unavailable, running_proxy
+
+ECHO_STUDY_ID = 1  # the study id the echo floor hands out
+
+
+@dataclass(frozen=True)
+class Setup:
+    backend: str
+    server_url: str | None
+    proxy: ProxyOptions
+    load_cpus: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class Studies:
+    names: tuple[str, ...]
+    ids: tuple[int, ...]
+    synced: tuple[int, int] | None = None  # last trial id and trials of a pre-filled study
+    latency_studies: tuple[tuple[int, int, int], ...] = ()  # (size, study id, last id)
+
+
+def _database(system: str, setup: Setup) -> contextlib.AbstractContextManager:
+    if system == "echo":
+        return contextlib.nullcontext(None)
+    return databases.fresh_database(setup.backend, setup.server_url)
+
+
+def _prepare_studies(scenario: Scenario, db: databases.Database | None) -> Studies:
+    tag = uuid.uuid4().hex[:6]
+    names = tuple(f"{scenario.name}-{tag}-{i}" for i in range(scenario.studies))
+    if db is None:
+        return Studies(names, (ECHO_STUDY_ID,) * len(names))
+    sizes = scenario.latency_sizes
+    all_names = names + tuple(f"size-{size}" for size in sizes)
+    ids = databases.create_studies(db.url, all_names)
+    params = scenario.workload.param_names
+    synced = None
+    if scenario.prefill:
+        last = databases.prefill(db.url, ids[0], scenario.prefill, params)
+        synced = (last, scenario.prefill)
+    latency_studies = tuple(
+        (size, study_id, databases.prefill(db.url, study_id, size, params))
+        for size, study_id in zip(sizes, ids[len(names):], strict=True)
+    )
+    return Studies(names, tuple(ids[: len(names)]), synced, latency_studies)
+
+
+@contextlib.contextmanager
+def _system(system: str, db: databases.Database | None,
+            setup: Setup) -> Iterator[RunningProxy | None]:
+    if system not in PROXIES:
+        yield None
+        return
+    url = db.url if db is not None else ""
+    with running_proxy(system, url, setup.proxy) as proxy:
+        yield proxy
+
+
+def _load_configs(kind: str, scenario: Scenario, studies: Studies, storage: str) -> list[Any]:
+    if kind == "gen":
+        return [
+            GeneratorConfig(storage, studies.ids, scenario.workload,
+                            virtual_workers=scenario.gen_workers,
+                            channels=scenario.gen_channels, seed=i, synced=studies.synced)
+            for i in range(scenario.gen_processes)
+        ]
+    return [
+        RealClientsConfig(storage, studies.names, scenario.workload,
+                          threads=scenario.real_threads, first_worker=i * scenario.real_threads)
+        for i in range(scenario.real_processes)
+    ]
+
+
+def _snapshotter(proxy: RunningProxy | None, db_counters: counters.DbCounters | None,
+                 foreign: list[int]) -> Callable[[list[int]], dict[str, Any]]:
+    def snapshot(load_pids: list[int]) -> dict[str, Any]:
+        return {
+            "time": time.monotonic(),
+            "proxy_cpu_s": counters.tree_cpu_seconds([proxy.pid]) if proxy else None,
+            "load_cpu_s": counters.tree_cpu_seconds(load_pids),
+            "db_cpu_s": counters.db_server_cpu_seconds() if db_counters else None,
+            "db": db_counters.read() if db_counters else {},
+        }
+
+    return snapshot
+
+
+def _latencies(system: str, proxy: RunningProxy | None, db: databases.Database | None,
+               studies: Studies, scenario: Scenario,
+               say: Callable[[str], None]) -> dict[str, dict]:
+    results = {}
+    for size, study_id, last_id in studies.latency_studies:
+        say(f"GetTrials on a {size}-trial study ...")
+        if proxy is not None:
+            results[str(size)] = latency.proxy_latency(proxy.target, study_id, last_id,
+                                                       scenario.latency_samples)
+        elif db is not None:
+            results[str(size)] = latency.direct_latency(db.url, study_id,
+                                                        scenario.latency_samples)
+        figures = results[str(size)]
+        say(f"GetTrials on a {size}-trial study: first full {figures['first_full_s']:.2f} s, "
+            f"delta p50 {figures['delta_p50_ms']:.2f} ms")
+    return results
+
+
+def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """The figures of `system` under load `kind` (None: latencies only)."""
+    cell: dict[str, Any] = {"scenario": scenario.name, "system": system, "load": kind}
+    try:
+        with _database(system, setup) as db:
+            studies = _prepare_studies(scenario, db)
+            with _system(system, db, setup) as proxy:
+                if studies.latency_studies:
+                    cell["getTrials"] = _latencies(system, proxy, db, studies, scenario, say)
+                if kind is not None:
+                    outcome = _run(scenario, system, kind, setup, proxy, db, studies, say)
+            if kind is not None:
+                cell.update(_figures(outcome, db, studies, setup))
+    except Unavailable as exc:
+        cell["status"] = "not available"
+        cell["reason"] = str(exc)
+        return cell
+    except LoadFailed as exc:
+        cell["status"] = "failed"
+        cell["reason"] = str(exc)
+        return cell
+    cell["status"] = "ok"
+    return cell
+
+
+def _run(scenario: Scenario, system: str, kind: str, setup: Setup, proxy: RunningProxy | None,
+         db: databases.Database | None, studies: Studies,
+         say: Callable[[str], None]) -> LoadOutcome:
+    storage = f"{GRPC_PREFIX}{proxy.target}" if proxy else (db.url if db else "")
+    if kind == "gen":
+        storage = proxy.target if proxy else ""
+    db_counters = (counters.DbCounters(setup.backend, db.admin_url, db.name)
+                   if db is not None and db.admin_url else None)
+    foreign: list[int] = []
+
+    def tick(elapsed: float, trials: int) -> None:
+        if db_counters is not None and setup.backend == "mariadb":
+            foreign.append(db_counters.foreign_busy_sessions())
+        say(f"{elapsed:5.1f} s  {trials:6d} trials  {trials / max(elapsed, 1e-9):8.1f} trials/s")
+
+    try:
+        outcome = run_load(kind, _load_configs(kind, scenario, studies, storage),
+                           setup.load_cpus, scenario.duration,
+                           _snapshotter(proxy, db_counters, foreign), tick)
+    finally:
+        if db_counters is not None:
+            db_counters.close()
+    outcome.before["foreign_busy_samples"] = foreign
+    return outcome
+
+
+def _db_counters_after(outcome: LoadOutcome, db: databases.Database, setup: Setup) -> dict:
+    """The window's closing counters; PostgreSQL's only once its clients have gone.
+
+    PostgreSQL backends publish their statistics lazily (up to seconds late), and
+    completely when they exit; MariaDB counts each statement as it runs.
+    """
+    if setup.backend != "postgres":
+        return outcome.after["db"]
+    reader = counters.DbCounters(setup.backend, db.admin_url, db.name)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
+def _figures(outcome: LoadOutcome, db: databases.Database | None, studies: Studies,
+             setup: Setup) -> dict[str, Any]:
+    """Per-trial figures, once the system and the load processes have stopped."""
+    if db is not None:
+        trials = databases.count_complete_trials(db.url, studies.ids) - (
+            studies.synced[1] if studies.synced else 0)
+    else:
+        trials = outcome.trials
+    db_before = outcome.before["db"]
+    db_after = _db_counters_after(outcome, db, setup) if db is not None and db_before else {}
+    per_trial = 1000.0 / trials if trials else float("nan")
+    before, after = outcome.before, outcome.after
+    figures: dict[str, Any] = {
+        "trials": trials,
+        "load_trials": outcome.trials,
+        "wall_s": outcome.wall,
+        "trials_per_s": trials / outcome.wall if outcome.wall else None,
+        "load_cpu_ms_per_trial": (after["load_cpu_s"] - before["load_cpu_s"]) * per_trial,
+        "progress": outcome.progress,
+        "errors": outcome.errors,
+    }
+    if after["proxy_cpu_s"] is not None:
+        proxy_cpu = after["proxy_cpu_s"] - before["proxy_cpu_s"]
+        figures["proxy_cpu_ms_per_trial"] = proxy_cpu * per_trial
+    if after["db_cpu_s"] is not None:
+        figures["db_cpu_ms_per_trial"] = (after["db_cpu_s"] - before["db_cpu_s"]) * per_trial
+    if db_after:
+        delta = counters.deltas(db_before, db_after)
+        figures["db_per_trial"] = {k: v / trials if trials else None for k, v in delta.items()}
+        samples = before.get("foreign_busy_samples", [])
+        figures["foreign_busy_sessions_max"] = max(samples, default=0)
+    if outcome.recorder is not None:
+        figures.update(_rpc_figures(outcome, trials, figures.get("proxy_cpu_ms_per_trial")))
+    return figures
+
+
+def _rpc_figures(outcome: LoadOutcome, trials: int,
+                 proxy_ms_per_trial: float | None) -> dict[str, Any]:
+    recorder = outcome.recorder
+    assert recorder is not None
+    sent = recorder.trials or 1
+    rpcs = sum(recorder.calls.values())
+    figures: dict[str, Any] = {
+        "rpcs_per_trial": rpcs / sent,
+        "calls_per_trial": {m: c / sent for m, c in sorted(recorder.calls.items())},
+        "request_bytes_per_call": {m: recorder.request_bytes[m] / c
+                                   for m, c in sorted(recorder.calls.items())},
+        "latency_ms": {
+            m: {"p50": percentile(s, 50) * 1000, "p99": percentile(s, 99) * 1000,
+                "count": len(s)}
+            for m, s in sorted(recorder.latencies.items())
+        },
+    }
+    if proxy_ms_per_trial is not None and rpcs:
+        figures["proxy_cpu_us_per_rpc"] = proxy_ms_per_trial * 1000 * trials / rpcs
+    return figures
