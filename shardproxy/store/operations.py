@@ -1,0 +1,97 @@
+"""The trial writes the group commit batches, as plain values.
+
+Each operation is checked for what can be checked without the database when it is
+made (JSON text, distributions, enum values), so a malformed write fails in its
+caller's thread and never enters a shared transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from optuna.distributions import BaseDistribution, json_to_distribution
+
+from shardproxy.rows import STATE_NAMES, TrialRow, stored_datetime
+
+
+def check_json(text: str) -> None:
+    """Raises ValueError unless `text` is JSON as Optuna writes it (NaN allowed)."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"attribute value is not JSON: {exc}") from exc
+
+
+@lru_cache(maxsize=4096)
+def parse_distribution(text: str) -> BaseDistribution:
+    try:
+        return json_to_distribution(text)
+    except Exception as exc:  # Optuna raises several kinds for bad input
+        raise ValueError(f"invalid distribution {text[:200]!r}: {exc}") from exc
+
+
+def check_state(state: int) -> None:
+    if not 0 <= state < len(STATE_NAMES):
+        raise ValueError(f"unknown trial state {state}")
+
+
+@dataclass
+class CreateTrial:
+    study_id: int
+    template: TrialRow | None
+
+    def __post_init__(self) -> None:
+        if self.template is None:
+            return
+        check_state(self.template.state)
+        stored_datetime(self.template.datetime_start)  # raises ValueError on bad text
+        stored_datetime(self.template.datetime_complete)
+        for _, _, distribution in self.template.params:
+            parse_distribution(distribution)
+        for _, value in (*self.template.user_attrs, *self.template.system_attrs):
+            check_json(value)
+
+
+@dataclass
+class SetParam:
+    trial_id: int
+    name: str
+    value: float
+    distribution_json: str
+
+    def __post_init__(self) -> None:
+        parse_distribution(self.distribution_json)
+
+
+@dataclass
+class SetStateValues:
+    trial_id: int
+    state: int
+    values: list[float] | None
+
+    def __post_init__(self) -> None:
+        check_state(self.state)
+
+
+@dataclass
+class SetIntermediate:
+    trial_id: int
+    step: int
+    value: float
+
+
+@dataclass
+class SetTrialAttr:
+    trial_id: int
+    system: bool
+    key: str
+    value_json: str
+
+    def __post_init__(self) -> None:
+        check_json(self.value_json)
+
+
+TrialWrite = SetParam | SetStateValues | SetIntermediate | SetTrialAttr
+Operation = CreateTrial | TrialWrite

@@ -1,0 +1,268 @@
+"""Reads: studies, and trials with all their child rows in one statement.
+
+`load_trials` is the hottest query of the proxy (every read of a study syncs its
+cache with it), so it is a single UNION ALL over the trial table and its five
+child tables, ordered so that one pass assembles the rows. One round trip, one
+snapshot, whatever the number of trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Float,
+    Integer,
+    Select,
+    String,
+    Text,
+    and_,
+    cast,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.engine import Connection
+
+from shardproxy.rows import (
+    DIRECTION_BY_NAME,
+    STATE_BY_NAME,
+    StudyRow,
+    TrialRow,
+    wire_datetime,
+)
+from shardproxy.store.schema import (
+    studies,
+    study_directions,
+    study_system_attributes,
+    study_user_attributes,
+    trial_intermediate_values,
+    trial_params,
+    trial_system_attributes,
+    trial_user_attributes,
+    trial_values,
+    trials,
+)
+
+# Past this many ids the delta asks for `trial_id >= min(ids)` and filters here:
+# one bounded statement instead of an IN-list beyond a backend's parameter limit.
+MAX_IN_LIST = 1000
+
+_TRIAL, _PARAM, _VALUE, _INTERMEDIATE, _USER_ATTR, _SYSTEM_ATTR, _STUDY = range(7)
+
+_INF = {"FINITE": None, "INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+
+# -- studies -------------------------------------------------------------------------
+
+
+def study_exists(conn: Connection, study_id: int) -> bool:
+    query = select(studies.c.study_id).where(studies.c.study_id == study_id)
+    return conn.execute(query).first() is not None
+
+
+def require_study(conn: Connection, study_id: int) -> None:
+    if not study_exists(conn, study_id):
+        raise KeyError(f"study {study_id} not found")
+
+
+def study_id_from_name(conn: Connection, name: str) -> int:
+    row = conn.execute(select(studies.c.study_id).where(studies.c.study_name == name)).first()
+    if row is None:
+        raise KeyError(f"no study named {name!r}")
+    return int(row[0])
+
+
+def study_name_from_id(conn: Connection, study_id: int) -> str:
+    query = select(studies.c.study_name).where(studies.c.study_id == study_id)
+    row = conn.execute(query).first()
+    if row is None:
+        raise KeyError(f"study {study_id} not found")
+    return str(row[0])
+
+
+def study_directions_of(conn: Connection, study_id: int) -> list[int]:
+    query = (
+        select(study_directions.c.direction)
+        .where(study_directions.c.study_id == study_id)
+        .order_by(study_directions.c.objective)
+    )
+    directions = [DIRECTION_BY_NAME[d] for (d,) in conn.execute(query)]
+    if not directions:
+        require_study(conn, study_id)
+    return directions
+
+
+def study_attrs(conn: Connection, study_id: int, system: bool) -> dict[str, str]:
+    table = study_system_attributes if system else study_user_attributes
+    query = select(table.c.key, table.c.value_json).where(table.c.study_id == study_id)
+    attrs = {key: value for key, value in conn.execute(query)}
+    if not attrs:
+        require_study(conn, study_id)
+    return attrs
+
+
+def all_studies(conn: Connection) -> list[StudyRow]:
+    directions: dict[int, list[int]] = {}
+    query = select(study_directions.c.study_id, study_directions.c.direction).order_by(
+        study_directions.c.study_id, study_directions.c.objective
+    )
+    for study_id, direction in conn.execute(query):
+        directions.setdefault(study_id, []).append(DIRECTION_BY_NAME[direction])
+    attrs: list[dict[int, dict[str, str]]] = []
+    for table in (study_user_attributes, study_system_attributes):
+        by_study: dict[int, dict[str, str]] = {}
+        for study_id, key, value in conn.execute(
+            select(table.c.study_id, table.c.key, table.c.value_json)
+        ):
+            by_study.setdefault(study_id, {})[key] = value
+        attrs.append(by_study)
+    query = select(studies.c.study_id, studies.c.study_name).order_by(studies.c.study_id)
+    return [
+        StudyRow(sid, name, directions.get(sid, []), attrs[0].get(sid, {}), attrs[1].get(sid, {}))
+        for sid, name in conn.execute(query)
+    ]
+
+
+# -- trials --------------------------------------------------------------------------
+
+
+def study_id_of_trial(conn: Connection, trial_id: int) -> int:
+    row = conn.execute(select(trials.c.study_id).where(trials.c.trial_id == trial_id)).first()
+    if row is None:
+        raise KeyError(f"trial {trial_id} not found")
+    return int(row[0])
+
+
+def trial_id_from_number(conn: Connection, study_id: int, number: int) -> int:
+    query = select(trials.c.trial_id).where(
+        and_(trials.c.study_id == study_id, trials.c.number == number)
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        raise KeyError(f"no trial number {number} in study {study_id}")
+    return int(row[0])
+
+
+def load_trials(
+    conn: Connection, study_id: int, id_greater_than: int, ids: Collection[int]
+) -> list[TrialRow]:
+    """Trials of the study with id > `id_greater_than` or in `ids`, sorted by id.
+
+    KeyError when the study does not exist.
+    """
+    wanted = set(ids)
+    condition: ColumnElement[bool] = trials.c.trial_id > id_greater_than
+    if len(wanted) > MAX_IN_LIST:
+        condition = trials.c.trial_id >= min(min(wanted), id_greater_than + 1)
+    elif wanted:
+        condition = or_(condition, trials.c.trial_id.in_(sorted(wanted)))
+    rows, found = _trial_rows(conn, and_(trials.c.study_id == study_id, condition), study_id)
+    if not found:
+        raise KeyError(f"study {study_id} not found")
+    if len(wanted) > MAX_IN_LIST:
+        rows = [r for r in rows if r.trial_id > id_greater_than or r.trial_id in wanted]
+    return rows
+
+
+def load_trial(conn: Connection, trial_id: int) -> TrialRow:
+    rows, _ = _trial_rows(conn, trials.c.trial_id == trial_id, None)
+    if not rows:
+        raise KeyError(f"trial {trial_id} not found")
+    return rows[0]
+
+
+def _trial_rows(
+    conn: Connection, condition: ColumnElement[bool], study_id: int | None
+) -> tuple[list[TrialRow], bool]:
+    """The matching trials, and whether the study (when given) exists."""
+    result = conn.execute(_union(condition, study_id))
+    return _assemble(result)
+
+
+_COLUMNS = ("kind", "trial_id", "ordinal", "text", "number", "json", "start", "complete")
+
+
+def _columns(*values: Any) -> list[Any]:
+    """Labelled, so that equal expressions in one SELECT stay separate columns."""
+    return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
+
+
+def _union(condition: ColumnElement[bool], study_id: int | None) -> Any:
+    """One SELECT per table, in the columns of `_COLUMNS`, so that the rows of every
+    table fit one UNION ALL; ordered for `_assemble`."""
+    no_float = cast(null(), Float)
+    no_text = cast(null(), Text)
+    no_time = cast(null(), DateTime)
+    wanted = select(trials.c.trial_id).where(condition).scalar_subquery()
+
+    def child(kind: int, table: Any, order: Any, text: Any, number: Any, json: Any) -> Select:
+        return select(*_columns(
+            literal(kind, Integer), table.c.trial_id, order, cast(text, String), number,
+            cast(json, Text), no_time, no_time,
+        )).where(table.c.trial_id.in_(wanted))
+
+    parts: list[Select] = [
+        select(*_columns(
+            literal(_TRIAL, Integer), trials.c.trial_id, trials.c.number,
+            cast(trials.c.state, String), no_float, no_text,
+            trials.c.datetime_start, trials.c.datetime_complete,
+        )).where(condition),
+        child(_PARAM, trial_params, trial_params.c.param_id, trial_params.c.param_name,
+              trial_params.c.param_value, trial_params.c.distribution_json),
+        child(_VALUE, trial_values, trial_values.c.objective, trial_values.c.value_type,
+              trial_values.c.value, no_text),
+        child(_INTERMEDIATE, trial_intermediate_values, trial_intermediate_values.c.step,
+              trial_intermediate_values.c.intermediate_value_type,
+              trial_intermediate_values.c.intermediate_value, no_text),
+        child(_USER_ATTR, trial_user_attributes,
+              trial_user_attributes.c.trial_user_attribute_id, trial_user_attributes.c.key,
+              no_float, trial_user_attributes.c.value_json),
+        child(_SYSTEM_ATTR, trial_system_attributes,
+              trial_system_attributes.c.trial_system_attribute_id,
+              trial_system_attributes.c.key, no_float, trial_system_attributes.c.value_json),
+    ]
+    if study_id is not None:
+        # A row that says the study exists, so an empty result is not ambiguous.
+        parts.append(select(*_columns(
+            literal(_STUDY, Integer), studies.c.study_id, literal(0, Integer),
+            cast(no_text, String), no_float, no_text, no_time, no_time,
+        )).where(studies.c.study_id == study_id))
+    union = union_all(*parts).subquery()
+    return select(union).order_by(union.c.trial_id, union.c.kind, union.c.ordinal)
+
+
+def _assemble(result: Iterable[Sequence[Any]]) -> tuple[list[TrialRow], bool]:
+    rows: list[TrialRow] = []
+    study_found = False
+    current: TrialRow | None = None
+    for kind, trial_id, order, text, number, json, start, complete in result:
+        if kind == _TRIAL:
+            current = TrialRow(
+                trial_id, order, STATE_BY_NAME[text], [], wire_datetime(start),
+                wire_datetime(complete), [], [], [], [],
+            )
+            rows.append(current)
+        elif kind == _STUDY:
+            study_found = True
+        elif current is None or current.trial_id != trial_id:
+            continue  # a child row of a trial committed after the snapshot of its parent
+        elif kind == _PARAM:
+            current.params.append((text, number, json))
+        elif kind == _VALUE:
+            special = _INF[text]
+            current.values.append(number if special is None else special)
+        elif kind == _INTERMEDIATE:
+            special = _INF[text]
+            current.intermediate_values.append((order, number if special is None else special))
+        elif kind == _USER_ATTR:
+            current.user_attrs.append((text, json))
+        else:
+            current.system_attrs.append((text, json))
+    return rows, study_found

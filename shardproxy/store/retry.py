@@ -1,0 +1,63 @@
+"""Which database errors are worth retrying, and the retry loop with its deadline."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import sqlalchemy.exc
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, cannot
+# connect, connection killed, server shutting down, read-only during failover.
+_MYSQL_TRANSIENT = {1213, 1205, 2006, 2013, 2003, 1927, 1053, 1290, 4031}
+# PostgreSQL SQLSTATEs: serialization failure, deadlock, and classes 08 (connection)
+# and 57P (operator intervention: admin shutdown, crash shutdown, cannot connect now).
+_POSTGRES_TRANSIENT = ("40001", "40P01", "08", "57P")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors after which the same transaction may well succeed."""
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    original = exc.orig
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):  # PyMySQL / MySQLdb: (code, message)
+        return args[0] in _MYSQL_TRANSIENT
+    code = getattr(original, "pgcode", None)
+    if isinstance(code, str):
+        return code.startswith(_POSTGRES_TRANSIENT)
+    text = str(original).lower()
+    if "database is locked" in text or "database is busy" in text:  # SQLite
+        return True
+    # psycopg2 reports a dropped server connection without a SQLSTATE.
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and (
+        "server closed the connection" in text or "connection" in text and "refused" in text
+    )
+
+
+def with_retries(attempt: Callable[[], T], deadline_seconds: float, what: str) -> T:
+    """Runs `attempt` until it succeeds, fails for good, or the deadline passes.
+
+    Each attempt must be a whole transaction that leaves nothing behind when it
+    fails, so that running it again cannot apply anything twice.
+    """
+    give_up = time.monotonic() + deadline_seconds
+    delay = 0.01
+    while True:
+        try:
+            return attempt()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > give_up:
+                raise
+            _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
