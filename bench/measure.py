@@ -12,6 +12,7 @@ processes and of the database server, and the database's statement counters.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,11 +133,14 @@ def _latencies(system: str, proxy: RunningProxy | None, db: databases.Database |
 def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup,
                  say: Callable[[str], None]) -> dict[str, Any]:
     """The figures of `system` under load `kind` (None: latencies only)."""
-    cell: dict[str, Any] = {"scenario": scenario.name, "system": system, "load": kind}
+    cell: dict[str, Any] = {"scenario": scenario.name, "system": system, "load": kind,
+                            "workers": setup.proxy.workers if system in PROXIES else None}
     try:
         with _database(system, setup) as db:
             studies = _prepare_studies(scenario, db)
             with _system(system, db, setup) as proxy:
+                if proxy is not None:
+                    cell["proxy_cpus"] = sorted(os.sched_getaffinity(proxy.pid))
                 if studies.latency_studies:
                     cell["getTrials"] = _latencies(system, proxy, db, studies, scenario, say)
                 if kind is not None:

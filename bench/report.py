@@ -55,6 +55,11 @@ def one_line(cell: dict[str, Any]) -> str:
     return "; ".join(parts) or "latencies measured"
 
 
+def _label(cell: dict[str, Any]) -> str:
+    """The system's name in tables, with its worker count when several were run."""
+    return str(cell.get("label") or cell["system"])
+
+
 def _index(cells: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str | None], dict]:
     return {(c["scenario"], c["system"], c["load"]): c for c in cells if c["status"] == "ok"}
 
@@ -84,7 +89,7 @@ def throughput_table(cells: list[dict]) -> list[str]:
         stock, direct, echo = (_reference(index, cell, s) for s in ("stock", "direct", "echo"))
         tps, cpu = cell.get("trials_per_s"), cell.get("proxy_cpu_ms_per_trial")
         lines.append(
-            f"| {cell['scenario']} | {cell['load']} | {cell['system']} | {cell['trials']} "
+            f"| {cell['scenario']} | {cell['load']} | {_label(cell)} | {cell['trials']} "
             f"| {_num(tps)} | {_times(ratio(tps, _figure(stock, 'trials_per_s')))} "
             f"| {_times(ratio(tps, _figure(direct, 'trials_per_s')))} "
             f"| {_times(ratio(tps, _figure(echo, 'trials_per_s')))} "
@@ -115,12 +120,21 @@ def database_table(cells: list[dict], backend: str) -> list[str]:
         mine = per_trial.get(first)
         theirs = [(r or {}).get("db_per_trial", {}).get(first) for r in (stock, direct)]
         lines.append(
-            f"| {cell['scenario']} | {cell['load']} | {cell['system']} | "
+            f"| {cell['scenario']} | {cell['load']} | {_label(cell)} | "
             + " | ".join(_num(per_trial.get(c)) for c in columns)
             + f" | {_times(ratio(mine, theirs[0]))} | {_times(ratio(mine, theirs[1]))} "
             f"| {cell.get('foreign_busy_sessions_max', '—')} |"
         )
     return lines
+
+
+def _database_section(cells: list[dict], backend: str) -> list[str]:
+    if backend == "sqlite":
+        return ["SQLite has no statement counters."]
+    note = ("MariaDB/MySQL: SHOW GLOBAL STATUS deltas, server-wide: a busy session of "
+            "another database seen during the window means other work may be counted."
+            if backend == "mariadb" else "PostgreSQL: pg_stat_database of the run's database.")
+    return [note, "", *database_table(cells, backend)]
 
 
 def latency_table(cells: list[dict]) -> list[str]:
@@ -132,7 +146,7 @@ def latency_table(cells: list[dict]) -> list[str]:
         for method, figures in cell.get("latency_ms", {}).items():
             reference = (stock or {}).get("latency_ms", {}).get(method, {}).get("p50")
             lines.append(
-                f"| {cell['scenario']} | {cell['system']} | {method} "
+                f"| {cell['scenario']} | {_label(cell)} | {method} "
                 f"| {_num(cell['calls_per_trial'].get(method), 2)} | {_num(figures['p50'], 2)} "
                 f"| {_num(figures['p99'], 2)} | {_times(ratio(figures['p50'], reference))} |"
             )
@@ -150,7 +164,7 @@ def get_trials_table(cells: list[dict]) -> list[str]:
         for size, f in cell["getTrials"].items():
             reference = stock.get(size, {}).get("delta_p50_ms")
             lines.append(
-                f"| {cell['system']} | {int(size):,} | {_num(f['first_full_s'], 2)} "
+                f"| {_label(cell)} | {int(size):,} | {_num(f['first_full_s'], 2)} "
                 f"| {_num(f['full_again_s'], 2)} | {_num(f['delta_p50_ms'], 2)} "
                 f"| {_num(f['delta_p99_ms'], 2)} | {_times(ratio(f['delta_p50_ms'], reference))} |"
             )
@@ -175,11 +189,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Database work per trial",
         "",
-        "MariaDB/MySQL: SHOW GLOBAL STATUS deltas (server-wide: a busy foreign session "
-        "during the window means other work may be counted). PostgreSQL: pg_stat_database "
-        "of the run's database.",
-        "",
-        *database_table(cells, meta["db"]),
+        *_database_section(cells, meta["db"]),
         "",
         "## RPC latency (load generator)",
         "",
@@ -190,12 +200,12 @@ def markdown(data: dict[str, Any]) -> str:
     missing = [c for c in cells if c["status"] != "ok"]
     if missing:
         out += ["", "## Not measured", ""]
-        out += [f"- {c['scenario']} · {c['system']} · {c['load'] or 'latency'}: "
+        out += [f"- {c['scenario']} · {_label(c)} · {c['load'] or 'latency'}: "
                 f"{c['status']} ({c.get('reason', '')})" for c in missing]
     errors = [c for c in cells if c.get("errors")]
     if errors:
         out += ["", "## Errors during the runs", ""]
-        out += [f"- {c['scenario']} · {c['system']} · {c['load']}: {c['errors'][:3]}"
+        out += [f"- {c['scenario']} · {_label(c)} · {c['load']}: {c['errors'][:3]}"
                 for c in errors]
     return "\n".join(out) + "\n"
 
@@ -209,7 +219,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
 
     rows = _load_rows(data["cells"])
     scenarios = list(dict.fromkeys(c["scenario"] for c in rows))
-    series = list(dict.fromkeys((c["system"], c["load"]) for c in rows))
+    series = list(dict.fromkeys((_label(c), c["load"]) for c in rows))
     figure, axes = plt.subplots(2, 1, figsize=(max(8, 2.2 * len(scenarios) + 4), 8))
     width = 0.8 / max(1, len(series))
     for axis, key, title in (
@@ -218,10 +228,12 @@ def chart(data: dict[str, Any], path: Path) -> None:
     ):
         for n, (system, load) in enumerate(series):
             values = [next((c.get(key) or 0 for c in rows if c["scenario"] == s
-                            and c["system"] == system and c["load"] == load), 0)
+                            and _label(c) == system and c["load"] == load), 0)
                       for s in scenarios]
-            axis.bar([i + n * width for i in range(len(scenarios))], values, width,
-                     label=f"{system} ({load})")
+            bars = axis.bar([i + n * width for i in range(len(scenarios))], values, width,
+                            label=f"{system} ({load})")
+            axis.bar_label(bars, labels=[f"{v:.3g}" if v else "" for v in values],
+                           fontsize="x-small")
         axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(scenarios))],
                         scenarios)
         axis.set_yscale("log")

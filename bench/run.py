@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         type=lambda t: _list(t, SYSTEMS), help="systems to run [%(default)s]")
     parser.add_argument("--loads", default=",".join(LOADS), type=lambda t: _list(t, LOADS),
                         help="real (Optuna workers) and/or gen (load generator) [%(default)s]")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="shardproxy and echo-floor worker processes [%(default)s]")
+    parser.add_argument("--workers", default=[2], type=_counts,
+                        help="shardproxy worker processes; a list such as 1,2 runs shardproxy "
+                        "once per count (scaling); the echo floor uses the largest [2]")
     parser.add_argument("--threads", type=int, default=None,
                         help="gRPC handler threads per shardproxy/echo process [their default]")
     parser.add_argument("--duration", type=float, default=None,
@@ -87,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for the JSON, Markdown and PNG results [bench/results]")
     return parser
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts must be positive")
+    return counts
 
 
 def _split(text: str) -> tuple[int, int]:
@@ -118,20 +129,25 @@ def select_scenarios(args: argparse.Namespace) -> list[Scenario]:
     return chosen
 
 
-def plan(scenarios: list[Scenario], systems: list[str],
-         loads: list[str]) -> list[tuple[Scenario, str, str | None]]:
-    """(scenario, system, load) cells; load None measures GetTrials latencies only."""
-    cells: list[tuple[Scenario, str, str | None]] = []
+Cell = tuple[Scenario, str, str | None, int]
+
+
+def plan(scenarios: list[Scenario], systems: list[str], loads: list[str],
+         worker_counts: list[int]) -> list[Cell]:
+    """(scenario, system, load, workers) cells; load None: GetTrials latencies only."""
+    cells: list[Cell] = []
     for scenario in scenarios:
         for system in (s for s in ORDER if s in systems and s in scenario.systems):
             kinds = [k for k in loads if k in scenario.loads and not (system == "direct"
                                                                       and k == "gen")]
-            if not kinds and scenario.latency_sizes and system != "echo":
-                cells.append((scenario, system, None))
-            for index, kind in enumerate(kinds):
-                # GetTrials latencies are measured once per system, with its first load.
-                cell = scenario if index == 0 else scenario.with_options(latency_sizes=())
-                cells.append((cell, system, kind))
+            counts = worker_counts if system == "shardproxy" else [max(worker_counts)]
+            for workers in counts:
+                if not kinds and scenario.latency_sizes and system != "echo":
+                    cells.append((scenario, system, None, workers))
+                for index, kind in enumerate(kinds):
+                    # GetTrials latencies are measured once per system, with its first load.
+                    cell = scenario if index == 0 else scenario.with_options(latency_sizes=())
+                    cells.append((cell, system, kind, workers))
     return cells
 
 
@@ -145,26 +161,30 @@ def _git_commit() -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scenarios = select_scenarios(args)
-    cells = plan(scenarios, args.systems, args.loads)
-    setup = Setup(
-        backend=args.db, server_url=args.db_url,
-        proxy=ProxyOptions(args.workers, args.threads, (0,) if args.taskset else None),
-        load_cpus=(1,) if args.taskset else None,
-    )
+    cells = plan(scenarios, args.systems, args.loads, args.workers)
+    scaling = len(args.workers) > 1
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
-    for number, (scenario, system, kind) in enumerate(cells, 1):
-        label = f"[{number}/{len(cells)}] {scenario.name} · {system} · {kind or 'latency'}"
+    for number, (scenario, system, kind, workers) in enumerate(cells, 1):
+        name = f"{system}/{workers}w" if scaling and system == "shardproxy" else system
+        label = f"[{number}/{len(cells)}] {scenario.name} · {name} · {kind or 'latency'}"
         if system in unavailable:
-            results.append({"scenario": scenario.name, "system": system, "load": kind,
-                            "status": "not available", "reason": unavailable[system]})
+            results.append({"scenario": scenario.name, "system": system, "label": name,
+                            "load": kind, "status": "not available",
+                            "reason": unavailable[system]})
             print(f"{label}: not available", file=sys.stderr, flush=True)
             continue
         print(f"{label} ({time.monotonic() - started:.0f} s into the run)", file=sys.stderr,
               flush=True)
+        setup = Setup(
+            backend=args.db, server_url=args.db_url,
+            proxy=ProxyOptions(workers, args.threads, (0,) if args.taskset else None),
+            load_cpus=(1,) if args.taskset else None,
+        )
         cell = measure_cell(scenario, system, kind, setup,
                             lambda text: print(f"    {text}", file=sys.stderr, flush=True))
+        cell["label"] = name
         print(f"    -> {report.one_line(cell)}", file=sys.stderr, flush=True)
         if cell["status"] == "not available":
             unavailable[system] = cell["reason"]
