@@ -145,6 +145,10 @@ def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup
                     cell["getTrials"] = _latencies(system, proxy, db, studies, scenario, say)
                 if kind is not None:
                     outcome = _run(scenario, system, kind, setup, proxy, db, studies, say)
+            if proxy is not None:
+                # 0: exited cleanly on SIGTERM; -15: SIGTERM's default action (the stock
+                # proxy has no handler); -9: it had to be killed.
+                cell["proxy_exit_code"] = proxy.process.returncode
             if kind is not None:
                 cell.update(_figures(outcome, db, studies, setup))
     except Unavailable as exc:
