@@ -31,3 +31,28 @@ def mariadb_url(tmp_path: Path) -> Iterator[str]:
 def postgres_url(tmp_path: Path) -> Iterator[str]:
     with fresh_database("postgres", tmp_path) as url:
         yield url
+
+
+# Optuna's schema declares trial datetimes as plain DATETIME, which MySQL and MariaDB
+# keep to whole seconds; these inherited tests compare them with microsecond clocks,
+# and fail the same way for Optuna's own RDBStorage on the same server
+# (tests/test_conformance.py::test_mariadb_keeps_whole_seconds_for_rdbstorage_too).
+_SECOND_PRECISION_TESTS = (
+    "test_create_new_trial[",
+    "test_create_new_trial_with_template_trial[",
+    "test_get_trial[",
+    "test_get_all_trials[",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (
+            "TestStorageThroughShardproxy" in item.nodeid
+            and "mariadb" in item.nodeid
+            and any(name in item.nodeid for name in _SECOND_PRECISION_TESTS)
+        ):
+            item.add_marker(pytest.mark.xfail(
+                reason="MariaDB DATETIME in Optuna's schema has whole-second precision",
+                strict=False,
+            ))

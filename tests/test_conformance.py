@@ -59,3 +59,18 @@ class TestStorageThroughShardproxy(StorageTestCase):
                 break
         trial_bytes = reply[position : position + length]
         assert [name for name, _, _ in codec.decode_trial(trial_bytes).params] == param_names
+
+
+def test_mariadb_keeps_whole_seconds_for_rdbstorage_too(mariadb_url: str) -> None:
+    """Why some inherited tests are expected to fail on MariaDB (see conftest.py)."""
+    direct = optuna.storages.RDBStorage(mariadb_url)
+    study_id = direct.create_new_study([StudyDirection.MINIMIZE])
+    trial_id = direct.create_new_trial(study_id)
+    with running_workers(mariadb_url, workers=1) as workers, proxy_client(
+        workers[0].port
+    ) as client:
+        ours = client.create_new_trial(study_id)
+        for storage, trial in ((direct, trial_id), (client, ours)):
+            start = storage.get_trial(trial).datetime_start
+            assert start is not None and start.microsecond == 0
+    direct.engine.dispose()
