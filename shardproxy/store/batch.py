@@ -1,10 +1,10 @@
 """One group-commit transaction: many clients' trial writes, set by set.
 
-The batch reads what it must check in a fixed number of statements (the trials it
-touches, locked; the studies it adds trials to, locked; their trial counts), checks
-every operation against those rows in memory, in arrival order, and then writes
-each kind of row with one multi-row statement. An operation that fails a check
-gets its own exception and contributes nothing; the others go on.
+The batch reads what it must check in a fixed number of statements (the studies it
+adds trials to, locked, and their trial counts; the trials it writes to, locked),
+checks every operation against those rows in memory, in arrival order, and then
+writes each kind of row with one multi-row statement. An operation that fails a
+check gets its own exception and contributes nothing; the others go on.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import UpdateFinishedTrialError
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
@@ -42,6 +42,8 @@ from shardproxy.store.schema import (
 )
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
+# RDBStorage's message for a missing row.
+NOT_FOUND = "Record does not exist."
 
 # (study_id, param name) -> the distribution JSON of the study's first such param.
 DistributionLookup = Callable[[Connection, int, str], "str | None"]
@@ -66,9 +68,33 @@ def intermediate_repr(value: float) -> tuple[float | None, str]:
 
 @dataclass
 class _Trial:
+    """A trial row as this batch sees it, changes included."""
+
     study_id: int
     number: int
     state: str
+    start_changed: bool = False
+    complete_changed: bool = False
+    found_state: str = ""
+
+    def __post_init__(self) -> None:
+        self.found_state = self.state
+
+    @property
+    def state_changed(self) -> bool:
+        return self.state != self.found_state
+
+
+@dataclass
+class Witness:
+    """Rows only this batch's commit can have produced (see `commit_check`)."""
+
+    created_ids: list[int]
+    # trial id -> state name this batch set (the state differs from the one it found)
+    state_changes: dict[int, str]
+
+    def is_empty(self) -> bool:
+        return not self.created_ids and not self.state_changes
 
 
 @dataclass
@@ -80,21 +106,30 @@ class _Rows:
     intermediates: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     user_attrs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     system_attrs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
-    # (state, sets datetime_start, sets datetime_complete) -> trial ids
-    states: dict[tuple[str, bool, bool], list[int]] = field(default_factory=dict)
-    _state_key: dict[int, tuple[str, bool, bool]] = field(default_factory=dict)
 
-    def set_state(self, trial_id: int, state: str, start: bool, complete: bool) -> None:
-        """One UPDATE per kind of change; a trial changed twice gets the combined change."""
-        earlier = self._state_key.pop(trial_id, None)
-        if earlier is not None:
-            self.states[earlier].remove(trial_id)
-            start, complete = start or earlier[1], complete or earlier[2]
-        key = (state, start, complete)
-        self.states.setdefault(key, []).append(trial_id)
-        self._state_key[trial_id] = key
+    def add_value(self, trial_id: int, objective: int, value: float) -> None:
+        stored, kind = value_repr(value)
+        self.values[(trial_id, objective)] = {
+            "trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
 
-    def write(self, conn: Connection, now: datetime) -> None:
+    def add_intermediate(self, trial_id: int, step: int, value: float) -> None:
+        stored, kind = intermediate_repr(value)
+        self.intermediates[(trial_id, step)] = {
+            "trial_id": trial_id, "step": step, "intermediate_value": stored,
+            "intermediate_value_type": kind}
+
+    def add_param(self, trial_id: int, name: str, value: float, distribution: str) -> None:
+        # A second param of the same name is ignored, as RDBStorage ignores the
+        # IntegrityError of its INSERT.
+        self.params.setdefault((trial_id, name), {
+            "trial_id": trial_id, "param_name": name, "param_value": value,
+            "distribution_json": distribution})
+
+    def add_attr(self, system: bool, trial_id: int, key: str, value_json: str) -> None:
+        target = self.system_attrs if system else self.user_attrs
+        target[(trial_id, key)] = {"trial_id": trial_id, "key": key, "value_json": value_json}
+
+    def write(self, conn: Connection) -> None:
         if self.params:
             sql.insert_or_ignore(conn, trial_params, list(self.params.values()),
                                  ("trial_id", "param_name"))
@@ -107,16 +142,22 @@ class _Rows:
                             (trial_system_attributes, self.system_attrs)):
             if rows:
                 sql.upsert(conn, table, list(rows.values()), ("trial_id", "key"))
-        for (state, start, complete), trial_ids in self.states.items():
-            if not trial_ids:
-                continue
-            changes: dict[str, Any] = {"state": state}
-            if start:
-                changes["datetime_start"] = now
-            if complete:
-                changes["datetime_complete"] = now
-            for part in sql.chunks(trial_ids):
-                conn.execute(update(trials).where(trials.c.trial_id.in_(part)).values(changes))
+
+
+def write_states(conn: Connection, changed: dict[int, _Trial], now: datetime) -> None:
+    """One UPDATE per kind of change (state, and which datetimes become `now`)."""
+    groups: dict[tuple[str, bool, bool], list[int]] = {}
+    for trial_id, trial in changed.items():
+        key = (trial.state, trial.start_changed, trial.complete_changed)
+        groups.setdefault(key, []).append(trial_id)
+    for (state, start, complete), trial_ids in groups.items():
+        changes: dict[str, Any] = {"state": state}
+        if start:
+            changes["datetime_start"] = now
+        if complete:
+            changes["datetime_complete"] = now
+        for part in sql.chunks(sorted(trial_ids)):
+            conn.execute(update(trials).where(trials.c.trial_id.in_(part)).values(changes))
 
 
 class Batch:
@@ -130,15 +171,21 @@ class Batch:
         self.results: list[Any] = [None] * len(operations)
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
+        self.created_ids: list[int] = []
         self._distribution_of = distribution_of
         self._rows = _Rows()
         self._trials: dict[int, _Trial] = {}
         self._now = utc_now()
 
     def run(self) -> list[Any]:
-        """Each operation's result, or the exception that operation alone raised."""
-        self._lock_trials()
+        """Each operation's result, or the exception that operation alone raised.
+
+        The operations take effect as if applied one by one: first the new trials,
+        then the trial writes in arrival order. (They arrived concurrently, so any
+        order is one their callers could have seen.)
+        """
         self._create_trials()
+        self._lock_trials()
         for index, op in enumerate(self.operations):
             if isinstance(op, CreateTrial):
                 continue
@@ -146,47 +193,30 @@ class Batch:
                 self.results[index] = self._apply(op)
             except (KeyError, ValueError, UpdateFinishedTrialError) as exc:
                 self.results[index] = exc
-        self._rows.write(self.conn, self._now)
+        self._rows.write(self.conn)
+        changed = {
+            i: t for i, t in self._trials.items()
+            if t.state_changed or t.start_changed or t.complete_changed
+        }
+        write_states(self.conn, changed, self._now)
         return self.results
 
-    # -- reading and locking ----------------------------------------------------------
+    def witness(self) -> Witness:
+        """What shows, after a lost COMMIT reply, whether this batch committed."""
+        changes = {i: t.state for i, t in self._trials.items() if t.state_changed}
+        return Witness(list(self.created_ids), changes)
 
-    def _lock_trials(self) -> None:
-        ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
-        for part in sql.chunks(ids):
-            query = (
-                select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
-                .where(trials.c.trial_id.in_(part))
-                .with_for_update()
-            )
-            for trial_id, study_id, number, state in self.conn.execute(query):
-                self._trials[trial_id] = _Trial(study_id, number, state)
+    # -- new trials -------------------------------------------------------------------
 
     def _create_trials(self) -> None:
         creates = [(i, op) for i, op in enumerate(self.operations) if isinstance(op, CreateTrial)]
         if not creates:
             return
-        study_ids = sorted({op.study_id for _, op in creates})
-        # The study-row lock makes "number = trials so far" safe, as in RDBStorage.
-        locked = {
-            sid for (sid,) in self.conn.execute(
-                select(studies.c.study_id).where(studies.c.study_id.in_(study_ids))
-                .with_for_update()
-            )
-        }
-        counts: dict[int, int] = dict.fromkeys(locked, 0)
-        if locked:
-            query = (
-                select(trials.c.study_id, func.count())
-                .where(trials.c.study_id.in_(sorted(locked)))
-                .group_by(trials.c.study_id)
-            )
-            counts.update({sid: n for sid, n in self.conn.execute(query)})
-        accepted: list[tuple[int, CreateTrial]] = []
-        rows: list[dict[str, Any]] = []
+        counts = self._lock_studies(sorted({op.study_id for _, op in creates}))
+        accepted: list[tuple[int, CreateTrial, dict[str, Any]]] = []
         for index, op in creates:
-            if op.study_id not in locked:
-                self.results[index] = KeyError(f"study {op.study_id} not found")
+            if op.study_id not in counts:
+                self.results[index] = KeyError(NOT_FOUND)
                 continue
             try:
                 self._check_template_params(op)
@@ -195,16 +225,79 @@ class Batch:
                 continue
             number = counts[op.study_id]
             counts[op.study_id] = number + 1
-            rows.append(self._trial_row(op, number))
-            accepted.append((index, op))
-        if not rows:
+            accepted.append((index, op, self._trial_row(op, number)))
+        if not accepted:
             return
-        statement = insert(trials).returning(trials.c.trial_id, sort_by_parameter_order=True)
-        new_ids = self.conn.execute(statement, rows).scalars().all()
-        for (index, op), trial_id in zip(accepted, new_ids, strict=True):
+        new_ids = self._insert_trials([row for _, _, row in accepted])
+        for index, op, row in accepted:
+            trial_id = new_ids[(row["study_id"], row["number"])]
             self.results[index] = trial_id
+            self.created_ids.append(trial_id)
             if op.template is not None:
                 self._template_children(trial_id, op)
+
+    def _lock_studies(self, study_ids: list[int]) -> dict[int, int]:
+        """Locks the studies' rows, as RDBStorage does, and counts their trials.
+
+        The lock makes "number = trials so far" safe: every trial of these studies
+        committed before it was granted, and none can be added until this commits.
+        """
+        locked = self.conn.execute(
+            select(studies.c.study_id).where(studies.c.study_id.in_(study_ids))
+            .with_for_update()
+        ).scalars().all()
+        counts: dict[int, int] = dict.fromkeys(locked, 0)
+        if locked:
+            query = (
+                select(trials.c.study_id, func.count(trials.c.trial_id))
+                .where(trials.c.study_id.in_(sorted(locked)))
+                .group_by(trials.c.study_id)
+            )
+            counts.update({sid: n for sid, n in self.conn.execute(query)})
+        return counts
+
+    def _insert_trials(self, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
+        """The new trial ids by (study_id, number), in one statement where RETURNING exists."""
+        if self.conn.dialect.insert_returning:
+            statement = insert(trials).returning(
+                trials.c.trial_id, trials.c.study_id, trials.c.number
+            )
+            created = self.conn.execute(statement, rows).all()
+        else:  # MySQL proper: find them by number, under the study locks
+            self.conn.execute(insert(trials), rows)
+            first: dict[int, int] = {}
+            for row in rows:
+                first.setdefault(row["study_id"], row["number"])
+            created = self.conn.execute(
+                select(trials.c.trial_id, trials.c.study_id, trials.c.number).where(
+                    or_(*(and_(trials.c.study_id == s, trials.c.number >= n)
+                          for s, n in first.items()))
+                )
+            ).all()
+        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
+        self._keep_numbers_in_id_order(ids)
+        return ids
+
+    def _keep_numbers_in_id_order(self, ids: dict[tuple[int, int], int]) -> None:
+        """Renumbers, should the database have handed out ids out of row order.
+
+        Within a study trial id order must equal number order (readers rely on it);
+        every backend assigns the ids of one multi-row INSERT in row order, so this
+        finds nothing to do unless that ever changes.
+        """
+        by_study: dict[int, list[tuple[int, int]]] = {}
+        for (study_id, number), trial_id in ids.items():
+            by_study.setdefault(study_id, []).append((number, trial_id))
+        for study_id, pairs in by_study.items():
+            numbers = sorted(number for number, _ in pairs)
+            in_id_order = sorted(trial_id for _, trial_id in pairs)
+            if [t for _, t in sorted(pairs)] == in_id_order:
+                continue
+            for number, trial_id in zip(numbers, in_id_order, strict=True):
+                self.conn.execute(
+                    update(trials).where(trials.c.trial_id == trial_id).values(number=number)
+                )
+                ids[(study_id, number)] = trial_id
 
     def _trial_row(self, op: CreateTrial, number: int) -> dict[str, Any]:
         template = op.template
@@ -222,52 +315,65 @@ class Batch:
     def _check_template_params(self, op: CreateTrial) -> None:
         if op.template is None:
             return
+        pending: dict[tuple[int, str], str] = {}
         for name, _, distribution_json in op.template.params:
-            self._check_distribution(op.study_id, name, distribution_json)
+            self._check_distribution(op.study_id, name, distribution_json, pending)
+        # Only a trial that is created establishes its distributions.
+        self.new_distributions.update(pending)
 
     def _template_children(self, trial_id: int, op: CreateTrial) -> None:
         template = op.template
         assert template is not None
         rows = self._rows
         for objective, value in enumerate(template.values):
-            stored, kind = value_repr(value)
-            rows.values[(trial_id, objective)] = {
-                "trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
+            rows.add_value(trial_id, objective, value)
         for name, value, distribution_json in template.params:
-            rows.params.setdefault((trial_id, name), {
-                "trial_id": trial_id, "param_name": name, "param_value": value,
-                "distribution_json": distribution_json})
+            rows.add_param(trial_id, name, value, distribution_json)
         for key, value_json in template.user_attrs:
-            rows.user_attrs[(trial_id, key)] = {
-                "trial_id": trial_id, "key": key, "value_json": value_json}
+            rows.add_attr(False, trial_id, key, value_json)
         for key, value_json in template.system_attrs:
-            rows.system_attrs[(trial_id, key)] = {
-                "trial_id": trial_id, "key": key, "value_json": value_json}
+            rows.add_attr(True, trial_id, key, value_json)
         for step, value in template.intermediate_values:
-            stored, kind = intermediate_repr(value)
-            rows.intermediates[(trial_id, step)] = {
-                "trial_id": trial_id, "step": step, "intermediate_value": stored,
-                "intermediate_value_type": kind}
+            rows.add_intermediate(trial_id, step, value)
 
-    # -- checking one write -----------------------------------------------------------
+    # -- writes to existing trials ------------------------------------------------------
+
+    def _lock_trials(self) -> None:
+        ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
+        for part in sql.chunks(ids):
+            query = (
+                select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
+                .where(trials.c.trial_id.in_(part))
+                .with_for_update()
+            )
+            for trial_id, study_id, number, state in self.conn.execute(query):
+                self._trials[trial_id] = _Trial(study_id, number, state)
 
     def _updatable(self, trial_id: int) -> _Trial:
         trial = self._trials.get(trial_id)
         if trial is None:
-            raise KeyError(f"trial {trial_id} not found")
+            raise KeyError(NOT_FOUND)
         if trial.state in FINISHED_NAMES:
             raise UpdateFinishedTrialError(
                 f"Trial#{trial.number} has already finished and can not be updated."
             )
         return trial
 
-    def _check_distribution(self, study_id: int, name: str, distribution_json: str) -> None:
+    def _check_distribution(
+        self,
+        study_id: int,
+        name: str,
+        distribution_json: str,
+        pending: dict[tuple[int, str], str] | None = None,
+    ) -> None:
         key = (study_id, name)
-        previous = self.new_distributions.get(key) or self._distribution_of(
-            self.conn, study_id, name
+        previous = (
+            (pending or {}).get(key)
+            or self.new_distributions.get(key)
+            or self._distribution_of(self.conn, study_id, name)
         )
         if previous is None:
-            self.new_distributions[key] = distribution_json
+            (self.new_distributions if pending is None else pending)[key] = distribution_json
         elif previous != distribution_json:
             check_distribution_compatibility(
                 parse_distribution(previous), parse_distribution(distribution_json)
@@ -278,36 +384,27 @@ class Batch:
         trial = self._updatable(op.trial_id)  # type: ignore[union-attr]
         if isinstance(op, SetParam):
             self._check_distribution(trial.study_id, op.name, op.distribution_json)
-            rows.params.setdefault((op.trial_id, op.name), {
-                "trial_id": op.trial_id, "param_name": op.name, "param_value": op.value,
-                "distribution_json": op.distribution_json})
+            rows.add_param(op.trial_id, op.name, op.value, op.distribution_json)
             return None
         if isinstance(op, SetStateValues):
             return self._set_state_values(op, trial)
         if isinstance(op, SetIntermediate):
-            stored, kind = intermediate_repr(op.value)
-            rows.intermediates[(op.trial_id, op.step)] = {
-                "trial_id": op.trial_id, "step": op.step, "intermediate_value": stored,
-                "intermediate_value_type": kind}
+            rows.add_intermediate(op.trial_id, op.step, op.value)
             return None
         assert isinstance(op, SetTrialAttr)
-        target = rows.system_attrs if op.system else rows.user_attrs
-        target[(op.trial_id, op.key)] = {
-            "trial_id": op.trial_id, "key": op.key, "value_json": op.value_json}
+        rows.add_attr(op.system, op.trial_id, op.key, op.value_json)
         return None
 
     def _set_state_values(self, op: SetStateValues, trial: _Trial) -> bool:
-        # In RDBStorage's order: values are written before the WAITING check.
+        # In RDBStorage's order: the values are written (and committed) even when
+        # the WAITING check below then answers False.
         for objective, value in enumerate(op.values or ()):
-            stored, kind = value_repr(value)
-            self._rows.values[(op.trial_id, objective)] = {
-                "trial_id": op.trial_id, "objective": objective, "value": stored,
-                "value_type": kind}
+            self._rows.add_value(op.trial_id, objective, value)
         if op.state == RUNNING and trial.state != STATE_NAMES[WAITING]:
             return False
         trial.state = STATE_NAMES[op.state]
-        self._rows.set_state(op.trial_id, trial.state, op.state == RUNNING,
-                             op.state in FINISHED_STATES)
+        trial.start_changed = trial.start_changed or op.state == RUNNING
+        trial.complete_changed = trial.complete_changed or op.state in FINISHED_STATES
         return True
 
 

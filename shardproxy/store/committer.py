@@ -2,90 +2,221 @@
 
 While one transaction runs, the writes that arrive queue up; the next transaction
 takes all of them (up to `max_batch`). Each caller waits for the commit that
-carries its write and gets its own result or exception. A batch that fails as a
-whole for a reason that is not transient (a row another writer inserted first,
-say) is re-run one operation per transaction, so that the failure lands only on
-the operation that caused it.
+carries its write and gets its own result or exception.
+
+Failures:
+- A transient error (deadlock, lock wait timeout, lost connection, a locked
+  SQLite file) rolls the whole transaction back; it is run again from scratch on
+  a fresh connection, with backoff, until the retry deadline. Nothing of a
+  rolled-back attempt remains, so nothing is applied twice.
+- A lost reply to COMMIT leaves the outcome unknown. Before running the batch
+  again, the committer asks the database whether the batch's own rows are there
+  (the trial ids it created, the states it set); if they are, it committed and
+  its results are answered as they are.
+- A batch that fails for a reason that is not transient (a value the database
+  refuses, say) is re-run one operation per transaction, so that the failure
+  lands only on the operation that caused it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy.exc
+from sqlalchemy.engine import Connection, Engine
+
+from shardproxy.store.batch import Witness
 from shardproxy.store.operations import Operation
-from shardproxy.store.retry import is_transient
+from shardproxy.store.retry import Backoff, is_transient
 
 _logger = logging.getLogger(__name__)
 
-RunBatch = Callable[[list[Operation]], list[Any]]
+
+@dataclass
+class Applied:
+    """One attempt's outcome before COMMIT: per-operation results, and its witness."""
+
+    results: list[Any]
+    witness: Witness
+    on_commit: Callable[[], None]
+
+
+ApplyBatch = Callable[[Connection, list[Operation]], Applied]
+# Whether the rows a witness names are in the database (asked on a fresh connection).
+CommitCheck = Callable[[Witness], bool]
+
+
+class _Pending:
+    """One caller's operation and the lock it waits on until it is answered."""
+
+    __slots__ = ("operation", "result", "error", "_answered")
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._answered = threading.Lock()
+        self._answered.acquire()
+
+    def answer(self, result: Any) -> None:
+        if isinstance(result, BaseException):
+            self.error = result
+        else:
+            self.result = result
+        self._answered.release()
+
+    def wait(self) -> Any:
+        self._answered.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class GroupCommitter:
-    def __init__(self, run_batch: RunBatch, max_batch: int) -> None:
-        self._run_batch = run_batch
+    def __init__(
+        self,
+        engine: Engine,
+        apply_batch: ApplyBatch,
+        commit_check: CommitCheck,
+        *,
+        max_batch: int,
+        retry_deadline: float,
+    ) -> None:
+        self._engine = engine
+        self._apply_batch = apply_batch
+        self._commit_check = commit_check
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Operation, Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._retry_deadline = retry_deadline
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = threading.Condition()
         self._closed = False
+        self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
         self._thread.start()
 
     def submit(self, operation: Operation) -> Any:
         """Blocks until the operation's transaction committed; returns its result."""
-        if self._closed:
-            raise RuntimeError("the store is closed")
-        future: Future[Any] = Future()
-        self._queue.put((operation, future))
-        return future.result()
+        pending = _Pending(operation)
+        with self._wakeup:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._queue.append(pending)
+            self._wakeup.notify()
+        return pending.wait()
 
     def close(self) -> None:
         """Commits what is queued, then stops the committing thread."""
-        self._closed = True
-        self._queue.put(None)
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
         self._thread.join()
+        self._drop_connection(invalidate=False)
+
+    # -- the committing thread ------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stopping = False
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            with self._wakeup:
+                while not self._queue and not self._closed:
+                    self._wakeup.wait()
+                if not self._queue:
+                    return
+                take = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(take)]
             self._commit(batch)
-            if stopping:
-                return
 
-    def _commit(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
-        operations = [operation for operation, _ in batch]
+    def _commit(self, batch: list[_Pending]) -> None:
         try:
-            results = self._run_batch(operations)
+            results = self._run(batch)
         except Exception as exc:
-            if len(batch) == 1 or is_transient(exc):
-                # Retried up to the deadline already: retrying alone would not help.
-                for _, future in batch:
-                    future.set_exception(exc)
+            if len(batch) > 1 and not is_transient(exc):
+                _logger.info("batch of %d failed (%s); isolating its writes", len(batch), exc)
+                for pending in batch:
+                    self._commit([pending])
                 return
-            _logger.info("batch of %d failed (%s); isolating its operations", len(batch), exc)
-            for item in batch:
-                self._commit([item])
+            # Transient past the deadline, or the write failing alone.
+            results = [exc] * len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            pending.answer(result)
+
+    def _run(self, batch: list[_Pending]) -> list[Any]:
+        operations = [pending.operation for pending in batch]
+        backoff = Backoff(self._retry_deadline)
+        while True:
+            try:
+                return self._attempt(operations)
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not is_transient(exc) or not backoff.wait():
+                    raise
+                _logger.warning("batch of %d: retrying after %s", len(batch), exc.orig)
+
+    def _attempt(self, operations: list[Operation]) -> list[Any]:
+        conn = self._connection()
+        try:
+            transaction = conn.begin()
+            applied = self._apply_batch(conn, operations)
+        except sqlalchemy.exc.DBAPIError as exc:
+            self._abandon(conn, exc)
+            raise
+        except BaseException:
+            self._abandon(conn, None)
+            raise
+        try:
+            transaction.commit()
+        except sqlalchemy.exc.DBAPIError as exc:
+            self._abandon(conn, exc)
+            if is_transient(exc) and self._may_have_committed(exc, applied.witness):
+                applied.on_commit()
+                return applied.results
+            raise
+        applied.on_commit()
+        return applied.results
+
+    def _may_have_committed(self, exc: sqlalchemy.exc.DBAPIError, witness: Witness) -> bool:
+        """After a failed COMMIT: True if the batch's rows are there after all."""
+        if self._engine.dialect.name == "sqlite" or witness.is_empty():
+            # SQLite reports a COMMIT that did not happen; a batch without a witness
+            # holds only writes that can be repeated with the same outcome.
+            return False
+        _logger.warning("COMMIT of a batch failed (%s); checking whether it committed", exc)
+        backoff = Backoff(self._retry_deadline)
+        while True:
+            try:
+                return self._commit_check(witness)
+            except sqlalchemy.exc.DBAPIError as check_error:
+                if not is_transient(check_error) or not backoff.wait():
+                    raise
+
+    # -- the committer's own connection ------------------------------------------------
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _abandon(self, conn: Connection, exc: sqlalchemy.exc.DBAPIError | None) -> None:
+        """Rolls back; a connection that failed with a connection error is replaced."""
+        broken = exc is not None and (exc.connection_invalidated or is_transient(exc))
+        try:
+            conn.rollback()
+        except sqlalchemy.exc.DBAPIError:
+            broken = True
+        if broken:
+            sqlite_busy = exc is not None and self._engine.dialect.name == "sqlite"
+            self._drop_connection(invalidate=not sqlite_busy)
+
+    def _drop_connection(self, invalidate: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        try:
+            if invalidate:
+                conn.invalidate()
+            conn.close()
+        except sqlalchemy.exc.DBAPIError:
+            pass

@@ -1,23 +1,32 @@
-"""Engines for the three backends, and the one-time schema check or creation."""
+"""Engines for the three backends: one autocommit pool for reads, one for writes.
+
+Reads are single statements, so they run in autocommit mode and return their
+connection without a ROLLBACK (a statement the database would count for
+nothing). Writes run in explicit transactions with what each backend needs for
+the store's locking to hold:
+
+- MySQL/MariaDB: READ COMMITTED, so that a count taken after a `FOR UPDATE` lock
+  sees every trial committed before the lock was granted.
+- PostgreSQL: its default, READ COMMITTED.
+- SQLite: `BEGIN IMMEDIATE`, so that a write transaction holds the file's write
+  lock from its first statement: SQLite has no `FOR UPDATE`, and a deferred
+  transaction would read before it locks. Processes wait for each other through
+  the busy timeout, and the store retries "database is locked" past it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import time
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy.engine import URL, Engine, make_url
 
-from shardproxy.store import schema
-
-_logger = logging.getLogger(__name__)
-
-UPGRADE_HINT = "run `optuna storage upgrade --storage URL` with the Optuna version in use"
-
-
-class SchemaError(RuntimeError):
-    """The database holds a schema this version cannot serve; nothing was changed."""
+# How long a SQLite connection waits for another process's write lock before
+# reporting "database is locked" (which the store then retries).
+SQLITE_BUSY_TIMEOUT = 10.0
+# Reconnect before MySQL's wait_timeout (8 h by default) closes an idle connection.
+POOL_RECYCLE = 3600
 
 
 def driver_url(url: str) -> URL:
@@ -28,78 +37,65 @@ def driver_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(url: str, pool_size: int) -> Engine:
+def masked(url: str) -> str:
+    """The URL for messages and logs, with the password hidden."""
+    return driver_url(url).render_as_string(hide_password=True)
+
+
+def make_read_engine(url: str, pool_size: int) -> Engine:
     parsed = driver_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        # Writers in several processes take turns on the file lock: wait for it (the
-        # store retries past this), and let readers run beside the writer (WAL).
-        engine = sqlalchemy.create_engine(parsed, connect_args={"timeout": 30})
-
-        @sqlalchemy.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, immediate=False)
     return sqlalchemy.create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        pool_recycle=3600,
+        parsed,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+        **_pool_options(pool_size),
     )
 
 
-def prepare_schema(url: str) -> None:
-    """Creates Optuna's schema in an empty database, or checks an existing one.
-
-    Creation goes through Optuna's own RDBStorage, so the result (tables, alembic
-    revision, version_info row) is exactly what Optuna makes. An existing database
-    is only read: an outdated or unknown schema raises SchemaError and stays as it is.
-    """
-    for attempt in range(3):
-        engine = sqlalchemy.create_engine(driver_url(url), poolclass=sqlalchemy.pool.NullPool)
-        try:
-            tables = set(sqlalchemy.inspect(engine).get_table_names())
-        finally:
-            engine.dispose()
-        if not tables:
-            try:
-                _create_with_optuna(url)
-                return
-            except Exception:
-                # Another process may be creating the same schema right now.
-                if attempt == 2:
-                    raise
-                time.sleep(0.5 + attempt)
-                continue
-        _check_existing(url, tables)
-        return
+def make_write_engine(url: str, pool_size: int) -> Engine:
+    parsed = driver_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, immediate=True)
+    options: dict[str, Any] = _pool_options(pool_size)
+    if backend == "mysql":
+        options["isolation_level"] = "READ COMMITTED"
+    return sqlalchemy.create_engine(parsed, **options)
 
 
-def _create_with_optuna(url: str) -> None:
-    from optuna.storages import RDBStorage
+def _pool_options(pool_size: int) -> dict[str, Any]:
+    # No pre-ping: a connection the server dropped fails its first statement, which
+    # invalidates the pool and is retried like any transient error, without a ping
+    # before every checkout.
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": POOL_RECYCLE}
 
-    storage = RDBStorage(str(driver_url(url).render_as_string(hide_password=False)))
-    storage.engine.dispose()
-    _logger.info("created Optuna's schema in %s", driver_url(url).render_as_string())
 
-
-def _check_existing(url: str, tables: set[str]) -> None:
-    missing = set(schema.metadata.tables) - tables
-    if "alembic_version" not in tables or "version_info" not in tables:
-        raise SchemaError(
-            f"the database holds tables but no Optuna schema version ({sorted(tables)[:5]}...); "
-            f"if it is an old Optuna database, {UPGRADE_HINT}"
+def _sqlite_engine(url: URL, immediate: bool) -> Engine:
+    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+        raise ValueError(
+            "an in-memory SQLite database cannot be shared by the store's connections "
+            "and processes; give a database file"
         )
-    from optuna.storages import RDBStorage
+    engine = sqlalchemy.create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+        pool_reset_on_return=None if not immediate else "rollback",
+    )
 
-    try:
-        storage = RDBStorage(
-            str(driver_url(url).render_as_string(hide_password=False)), skip_table_creation=True
-        )
-    except RuntimeError as exc:
-        raise SchemaError(f"{exc} ({UPGRADE_HINT})") from exc
-    storage.engine.dispose()
-    if missing:
-        raise SchemaError(f"tables {sorted(missing)} are missing; {UPGRADE_HINT}")
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Transactions are begun explicitly below (or not at all, for reads).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    if immediate:
+
+        @sqlalchemy.event.listens_for(engine, "begin")
+        def _on_begin(conn: sqlalchemy.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

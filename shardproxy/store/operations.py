@@ -8,9 +8,12 @@ caller's thread and never enters a shared transaction.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import orjson
 from optuna.distributions import BaseDistribution, json_to_distribution
 
 from shardproxy.rows import STATE_NAMES, TrialRow, stored_datetime
@@ -19,13 +22,18 @@ from shardproxy.rows import STATE_NAMES, TrialRow, stored_datetime
 def check_json(text: str) -> None:
     """Raises ValueError unless `text` is JSON as Optuna writes it (NaN allowed)."""
     try:
-        json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"attribute value is not JSON: {exc}") from exc
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN/Infinity and huge integers, which json.dumps writes.
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"attribute value is not JSON: {exc}") from exc
 
 
 @lru_cache(maxsize=4096)
 def parse_distribution(text: str) -> BaseDistribution:
+    """The distribution a JSON text describes, parsed once per distinct text."""
     try:
         return json_to_distribution(text)
     except Exception as exc:  # Optuna raises several kinds for bad input
@@ -37,6 +45,14 @@ def check_state(state: int) -> None:
         raise ValueError(f"unknown trial state {state}")
 
 
+def check_values(values: Sequence[float]) -> None:
+    # Optuna's schema stores a NaN objective value as FINITE, which no backend can
+    # read back as NaN (MySQL refuses it, SQLite turns it into NULL); the client
+    # never sends one (Study.tell fails such a trial instead).
+    if any(math.isnan(v) for v in values):
+        raise ValueError("an objective value cannot be NaN")
+
+
 @dataclass
 class CreateTrial:
     study_id: int
@@ -46,6 +62,7 @@ class CreateTrial:
         if self.template is None:
             return
         check_state(self.template.state)
+        check_values(self.template.values)
         stored_datetime(self.template.datetime_start)  # raises ValueError on bad text
         stored_datetime(self.template.datetime_complete)
         for _, _, distribution in self.template.params:
@@ -73,6 +90,7 @@ class SetStateValues:
 
     def __post_init__(self) -> None:
         check_state(self.state)
+        check_values(self.values or ())
 
 
 @dataclass

@@ -32,11 +32,13 @@ from sqlalchemy.engine import Connection
 
 from shardproxy.rows import (
     DIRECTION_BY_NAME,
+    MAXIMIZE,
     STATE_BY_NAME,
     StudyRow,
     TrialRow,
     wire_datetime,
 )
+from shardproxy.store.batch import Witness
 from shardproxy.store.schema import (
     studies,
     study_directions,
@@ -49,10 +51,13 @@ from shardproxy.store.schema import (
     trial_values,
     trials,
 )
+from shardproxy.store.sql import chunks as sql_chunks
 
-# Past this many ids the delta asks for `trial_id >= min(ids)` and filters here:
-# one bounded statement instead of an IN-list beyond a backend's parameter limit.
+# Ids per IN-list of a trial load. The list appears once per table of the UNION,
+# so this keeps every statement far below SQLite's 32 766 parameters.
 MAX_IN_LIST = 1000
+# RDBStorage's message for a missing row.
+NOT_FOUND = "Record does not exist."
 
 _TRIAL, _PARAM, _VALUE, _INTERMEDIATE, _USER_ATTR, _SYSTEM_ATTR, _STUDY = range(7)
 
@@ -62,6 +67,11 @@ _INF = {"FINITE": None, "INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.n
 # -- studies -------------------------------------------------------------------------
 
 
+def _direction(name: str) -> int:
+    # Optuna's enum also has NOT_SET, which its servicer sends as MAXIMIZE.
+    return DIRECTION_BY_NAME.get(name, MAXIMIZE)
+
+
 def study_exists(conn: Connection, study_id: int) -> bool:
     query = select(studies.c.study_id).where(studies.c.study_id == study_id)
     return conn.execute(query).first() is not None
@@ -69,13 +79,18 @@ def study_exists(conn: Connection, study_id: int) -> bool:
 
 def require_study(conn: Connection, study_id: int) -> None:
     if not study_exists(conn, study_id):
-        raise KeyError(f"study {study_id} not found")
+        raise KeyError(NOT_FOUND)
+
+
+def study_id_by_name(conn: Connection, name: str) -> int | None:
+    row = conn.execute(select(studies.c.study_id).where(studies.c.study_name == name)).first()
+    return None if row is None else int(row[0])
 
 
 def study_id_from_name(conn: Connection, name: str) -> int:
     row = conn.execute(select(studies.c.study_id).where(studies.c.study_name == name)).first()
     if row is None:
-        raise KeyError(f"no study named {name!r}")
+        raise KeyError(NOT_FOUND)
     return int(row[0])
 
 
@@ -83,7 +98,7 @@ def study_name_from_id(conn: Connection, study_id: int) -> str:
     query = select(studies.c.study_name).where(studies.c.study_id == study_id)
     row = conn.execute(query).first()
     if row is None:
-        raise KeyError(f"study {study_id} not found")
+        raise KeyError(NOT_FOUND)
     return str(row[0])
 
 
@@ -93,7 +108,7 @@ def study_directions_of(conn: Connection, study_id: int) -> list[int]:
         .where(study_directions.c.study_id == study_id)
         .order_by(study_directions.c.objective)
     )
-    directions = [DIRECTION_BY_NAME[d] for (d,) in conn.execute(query)]
+    directions = [_direction(d) for (d,) in conn.execute(query)]
     if not directions:
         require_study(conn, study_id)
     return directions
@@ -114,7 +129,7 @@ def all_studies(conn: Connection) -> list[StudyRow]:
         study_directions.c.study_id, study_directions.c.objective
     )
     for study_id, direction in conn.execute(query):
-        directions.setdefault(study_id, []).append(DIRECTION_BY_NAME[direction])
+        directions.setdefault(study_id, []).append(_direction(direction))
     attrs: list[dict[int, dict[str, str]]] = []
     for table in (study_user_attributes, study_system_attributes):
         by_study: dict[int, dict[str, str]] = {}
@@ -136,7 +151,7 @@ def all_studies(conn: Connection) -> list[StudyRow]:
 def study_id_of_trial(conn: Connection, trial_id: int) -> int:
     row = conn.execute(select(trials.c.study_id).where(trials.c.trial_id == trial_id)).first()
     if row is None:
-        raise KeyError(f"trial {trial_id} not found")
+        raise KeyError(NOT_FOUND)
     return int(row[0])
 
 
@@ -146,7 +161,9 @@ def trial_id_from_number(conn: Connection, study_id: int, number: int) -> int:
     )
     row = conn.execute(query).first()
     if row is None:
-        raise KeyError(f"no trial number {number} in study {study_id}")
+        raise KeyError(
+            f"No trial with trial number {number} exists in study with study_id {study_id}."
+        )
     return int(row[0])
 
 
@@ -155,26 +172,29 @@ def load_trials(
 ) -> list[TrialRow]:
     """Trials of the study with id > `id_greater_than` or in `ids`, sorted by id.
 
-    KeyError when the study does not exist.
+    One statement, or one more per MAX_IN_LIST further ids. KeyError when the study
+    does not exist.
     """
-    wanted = set(ids)
-    condition: ColumnElement[bool] = trials.c.trial_id > id_greater_than
-    if len(wanted) > MAX_IN_LIST:
-        condition = trials.c.trial_id >= min(min(wanted), id_greater_than + 1)
-    elif wanted:
-        condition = or_(condition, trials.c.trial_id.in_(sorted(wanted)))
-    rows, found = _trial_rows(conn, and_(trials.c.study_id == study_id, condition), study_id)
+    older = sorted(i for i in set(ids) if i <= id_greater_than)
+    parts = sql_chunks(older, MAX_IN_LIST) or [[]]
+    first: ColumnElement[bool] = trials.c.trial_id > id_greater_than
+    if parts[0]:
+        first = or_(first, trials.c.trial_id.in_(parts[0]))
+    rows, found = _trial_rows(conn, and_(trials.c.study_id == study_id, first), study_id)
     if not found:
-        raise KeyError(f"study {study_id} not found")
-    if len(wanted) > MAX_IN_LIST:
-        rows = [r for r in rows if r.trial_id > id_greater_than or r.trial_id in wanted]
+        raise KeyError(NOT_FOUND)
+    for part in parts[1:]:
+        condition = and_(trials.c.study_id == study_id, trials.c.trial_id.in_(part))
+        rows.extend(_trial_rows(conn, condition, None)[0])
+    if len(parts) > 1:
+        rows.sort(key=lambda row: row.trial_id)
     return rows
 
 
 def load_trial(conn: Connection, trial_id: int) -> TrialRow:
     rows, _ = _trial_rows(conn, trials.c.trial_id == trial_id, None)
     if not rows:
-        raise KeyError(f"trial {trial_id} not found")
+        raise KeyError(NOT_FOUND)
     return rows[0]
 
 
@@ -266,3 +286,18 @@ def _assemble(result: Iterable[Sequence[Any]]) -> tuple[list[TrialRow], bool]:
         else:
             current.system_attrs.append((text, json))
     return rows, study_found
+
+
+def witness_present(conn: Connection, witness: Witness) -> bool:
+    """Whether the rows only a batch's commit can have produced are in the database.
+
+    A new trial id is never handed out twice, so one created trial settles it. A
+    state the batch set is the next best sign: the batch held the trial's lock
+    and found it in another state.
+    """
+    if witness.created_ids:
+        query = select(trials.c.trial_id).where(trials.c.trial_id == witness.created_ids[0])
+        return conn.execute(query).first() is not None
+    trial_id, state = next(iter(witness.state_changes.items()))
+    query = select(trials.c.state).where(trials.c.trial_id == trial_id)
+    return conn.execute(query).scalar() == state

@@ -1,4 +1,4 @@
-"""Which database errors are worth retrying, and the retry loop with its deadline."""
+"""Which database errors are worth retrying, and the backoff between attempts."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, cannot
-# connect, connection killed, server shutting down, read-only during failover.
+# connect, connection killed, server shutting down, read-only during failover,
+# client idle too long.
 _MYSQL_TRANSIENT = {1213, 1205, 2006, 2013, 2003, 1927, 1053, 1290, 4031}
 # PostgreSQL SQLSTATEs: serialization failure, deadlock, and classes 08 (connection)
 # and 57P (operator intervention: admin shutdown, crash shutdown, cannot connect now).
 _POSTGRES_TRANSIENT = ("40001", "40P01", "08", "57P")
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -35,13 +37,31 @@ def is_transient(exc: BaseException) -> bool:
     code = getattr(original, "pgcode", None)
     if isinstance(code, str):
         return code.startswith(_POSTGRES_TRANSIENT)
-    text = str(original).lower()
-    if "database is locked" in text or "database is busy" in text:  # SQLite
+    message = str(original).lower()
+    if any(text in message for text in _SQLITE_TRANSIENT):
         return True
-    # psycopg2 reports a dropped server connection without a SQLSTATE.
-    return isinstance(exc, sqlalchemy.exc.OperationalError) and (
-        "server closed the connection" in text or "connection" in text and "refused" in text
+    # psycopg2 reports a dropped or refused connection without a SQLSTATE.
+    return isinstance(exc, sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.OperationalError)
+        and ("server closed the connection" in message or "connection" in message)
     )
+
+
+class Backoff:
+    """Exponential backoff with jitter, until a deadline."""
+
+    def __init__(self, deadline_seconds: float) -> None:
+        self._give_up = time.monotonic() + deadline_seconds
+        self._delay = 0.01
+
+    def wait(self) -> bool:
+        """Sleeps before the next attempt; False when the deadline leaves no time for one."""
+        delay = self._delay * (0.5 + random.random())
+        if time.monotonic() + delay > self._give_up:
+            return False
+        time.sleep(delay)
+        self._delay = min(self._delay * 2, 1.0)
+        return True
 
 
 def with_retries(attempt: Callable[[], T], deadline_seconds: float, what: str) -> T:
@@ -50,14 +70,11 @@ def with_retries(attempt: Callable[[], T], deadline_seconds: float, what: str) -
     Each attempt must be a whole transaction that leaves nothing behind when it
     fails, so that running it again cannot apply anything twice.
     """
-    give_up = time.monotonic() + deadline_seconds
-    delay = 0.01
+    backoff = Backoff(deadline_seconds)
     while True:
         try:
             return attempt()
         except sqlalchemy.exc.DBAPIError as exc:
-            if not is_transient(exc) or time.monotonic() + delay > give_up:
+            if not is_transient(exc) or not backoff.wait():
                 raise
             _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 1.0)

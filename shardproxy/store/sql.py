@@ -1,4 +1,11 @@
-"""Multi-row upserts and insert-or-ignore in each backend's own words."""
+"""Multi-row inserts, upserts and insert-or-ignore in each backend's own words.
+
+Rows go to the driver as one executemany of one cached statement. Each backend
+then sends them as multi-row statements: PyMySQL rewrites an executemany INSERT
+into one multi-row INSERT; SQLAlchemy batches PostgreSQL INSERTs into multi-row
+VALUES when they carry RETURNING (so the upserts here ask for the primary key);
+SQLite runs them in-process.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,8 @@ from sqlalchemy import Table, insert
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-# Rows per statement: far below every backend's parameter limit (SQLite's 32 766).
-CHUNK = 500
+# Ids per IN-list: far below every backend's parameter limit (SQLite's 32 766).
+CHUNK = 2000
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
@@ -24,36 +31,48 @@ def upsert(
 
     Rows must be unique by `keys` (PostgreSQL refuses to touch a row twice).
     """
-    for part in chunks(rows):
-        updated = [c for c in part[0] if c not in keys]
-        dialect = conn.dialect.name
-        if dialect == "mysql":
-            mysql_stmt = mysql.insert(table).values(list(part))
-            conn.execute(mysql_stmt.on_duplicate_key_update(
-                {c: mysql_stmt.inserted[c] for c in updated}
-            ))
-        else:
-            module: Any = postgresql if dialect == "postgresql" else sqlite
-            stmt = module.insert(table).values(list(part))
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=list(keys), set_={c: stmt.excluded[c] for c in updated}
-            ))
+    updated = [c for c in rows[0] if c not in keys]
+    dialect = conn.dialect.name
+    if dialect == "mysql":
+        mysql_stmt = mysql.insert(table)
+        statement: Any = mysql_stmt.on_duplicate_key_update(
+            {c: mysql_stmt.inserted[c] for c in updated}
+        )
+    else:
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        stmt = module.insert(table)
+        statement = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in updated}
+        )
+    _execute_many(conn, table, statement, rows)
 
 
 def insert_or_ignore(
     conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]
 ) -> None:
     """INSERT rows, skipping those whose `keys` already exist (as Optuna ignores them)."""
-    for part in chunks(rows):
-        dialect = conn.dialect.name
-        if dialect == "mysql":
-            conn.execute(insert(table).prefix_with("IGNORE").values(list(part)))
-        else:
-            module: Any = postgresql if dialect == "postgresql" else sqlite
-            stmt = module.insert(table).values(list(part))
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=list(keys)))
+    dialect = conn.dialect.name
+    if dialect == "mysql":
+        # Not INSERT IGNORE, which would also swallow errors other than the duplicate.
+        primary_key = table.primary_key.columns.values()[0]
+        statement: Any = mysql.insert(table).on_duplicate_key_update(
+            {primary_key.name: primary_key}
+        )
+    else:
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        statement = module.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    _execute_many(conn, table, statement, rows)
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    for part in chunks(rows):
-        conn.execute(insert(table).values(list(part)))
+    _execute_many(conn, table, insert(table), rows)
+
+
+def _execute_many(
+    conn: Connection, table: Table, statement: Any, rows: list[dict[str, Any]]
+) -> None:
+    if len(rows) > 1 and conn.dialect.name == "postgresql":
+        statement = statement.returning(*table.primary_key.columns)
+        conn.execute(statement, rows).all()
+    else:
+        conn.execute(statement, rows)

@@ -1,0 +1,264 @@
+"""`Store`: the storage operations the 19 RPCs need, on Optuna's own schema.
+
+Values are wire-level (direction and state ints, JSON text, `TrialRow`), and the
+semantics are RDBStorage's. Reads run on an autocommit pool, one short statement
+each. Trial writes go through the group committer and share transactions; study
+writes are rare and run in transactions of their own. Transient errors are
+retried up to a deadline. Engines, pools and the committing thread are created
+in the constructor, so a server builds its Store after forking its workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
+
+import sqlalchemy.exc
+from optuna.exceptions import DuplicatedStudyError
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.engine import Connection
+
+from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
+from shardproxy.store import reads, sql
+from shardproxy.store.batch import NOT_FOUND, Batch, Witness, first_distribution
+from shardproxy.store.bootstrap import prepare_schema
+from shardproxy.store.committer import Applied, GroupCommitter
+from shardproxy.store.database import make_read_engine, make_write_engine, masked
+from shardproxy.store.operations import (
+    CreateTrial,
+    Operation,
+    SetIntermediate,
+    SetParam,
+    SetStateValues,
+    SetTrialAttr,
+    check_json,
+)
+from shardproxy.store.retry import with_retries
+from shardproxy.store.schema import (
+    STUDY_CHILD_TABLES,
+    TRIAL_CHILD_TABLES,
+    studies,
+    study_directions,
+    study_system_attributes,
+    study_user_attributes,
+    trials,
+)
+
+T = TypeVar("T")
+
+
+class Store:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        max_batch: int = 256,
+        retry_deadline: float = 60.0,
+    ) -> None:
+        self._retry_deadline = retry_deadline
+        self._writer = make_write_engine(url, pool_size)
+        self._reader = make_read_engine(url, pool_size)
+        try:
+            prepare_schema(self._writer, masked(url))
+        except BaseException:
+            self._writer.dispose()
+            self._reader.dispose()
+            raise
+        # (study_id, param name) -> the JSON of the study's first distribution of that
+        # name. It never changes while the study exists, so it is read only once.
+        self._distributions: dict[tuple[int, str], str] = {}
+        self._distributions_lock = threading.Lock()
+        self._committer = GroupCommitter(
+            self._writer,
+            self._apply_batch,
+            self._batch_committed,
+            max_batch=max_batch,
+            retry_deadline=retry_deadline,
+        )
+
+    def close(self) -> None:
+        """Commits the writes already submitted, then closes the pools."""
+        self._committer.close()
+        self._writer.dispose()
+        self._reader.dispose()
+
+    # -- studies ---------------------------------------------------------------------
+
+    def create_new_study(self, directions: Sequence[int], study_name: str) -> int:
+        names = [DIRECTION_NAMES[d] for d in directions]
+        attempted: list[int] = []
+
+        def create(conn: Connection) -> int:
+            if attempted:  # a COMMIT whose reply was lost may have gone through
+                existing = reads.study_id_by_name(conn, study_name)
+                if existing == attempted[-1]:
+                    return existing
+            result = conn.execute(insert(studies).values(study_name=study_name))
+            assert result.inserted_primary_key is not None
+            study_id = int(result.inserted_primary_key[0])
+            attempted.append(study_id)
+            sql.insert_rows(conn, study_directions, [
+                {"study_id": study_id, "objective": i, "direction": name}
+                for i, name in enumerate(names)
+            ])
+            return study_id
+
+        try:
+            return self._transaction(create, "create study")
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise DuplicatedStudyError from exc
+
+    def delete_study(self, study_id: int) -> None:
+        attempted = False
+
+        def remove(conn: Connection) -> None:
+            nonlocal attempted
+            if not _lock_study(conn, study_id):
+                if attempted:  # the earlier attempt's COMMIT went through
+                    return
+                raise KeyError(NOT_FOUND)
+            of_study = select(trials.c.trial_id).where(trials.c.study_id == study_id)
+            for table in TRIAL_CHILD_TABLES:
+                conn.execute(delete(table).where(table.c.trial_id.in_(of_study)))
+            conn.execute(delete(trials).where(trials.c.study_id == study_id))
+            for table in STUDY_CHILD_TABLES:
+                conn.execute(delete(table).where(table.c.study_id == study_id))
+            conn.execute(delete(studies).where(studies.c.study_id == study_id))
+            attempted = True
+
+        self._transaction(remove, "delete study")
+        with self._distributions_lock:
+            self._distributions = {
+                k: v for k, v in self._distributions.items() if k[0] != study_id
+            }
+
+    def set_study_user_attr(self, study_id: int, key: str, value_json: str) -> None:
+        self._set_study_attr(study_user_attributes, study_id, key, value_json)
+
+    def set_study_system_attr(self, study_id: int, key: str, value_json: str) -> None:
+        self._set_study_attr(study_system_attributes, study_id, key, value_json)
+
+    def _set_study_attr(self, table: Table, study_id: int, key: str, value_json: str) -> None:
+        check_json(value_json)
+
+        def write(conn: Connection) -> None:
+            if not _lock_study(conn, study_id, shared=True):
+                raise KeyError(NOT_FOUND)
+            row = {"study_id": study_id, "key": key, "value_json": value_json}
+            sql.upsert(conn, table, [row], ("study_id", "key"))
+
+        self._transaction(write, "set study attribute")
+
+    def get_study_id_from_name(self, name: str) -> int:
+        return self._read(lambda conn: reads.study_id_from_name(conn, name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._read(lambda conn: reads.study_name_from_id(conn, study_id))
+
+    def get_study_directions(self, study_id: int) -> list[int]:
+        return self._read(lambda conn: reads.study_directions_of(conn, study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, str]:
+        return self._read(lambda conn: reads.study_attrs(conn, study_id, system=False))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, str]:
+        return self._read(lambda conn: reads.study_attrs(conn, study_id, system=True))
+
+    def get_all_studies(self) -> list[StudyRow]:
+        return self._read(reads.all_studies)
+
+    # -- trial writes (group commit) ---------------------------------------------------
+
+    def create_new_trial(self, study_id: int, template: TrialRow | None) -> int:
+        return int(self._committer.submit(CreateTrial(study_id, template)))
+
+    def set_trial_param(
+        self, trial_id: int, name: str, value_internal: float, distribution_json: str
+    ) -> None:
+        self._committer.submit(SetParam(trial_id, name, value_internal, distribution_json))
+
+    def set_trial_state_values(
+        self, trial_id: int, state: int, values: Sequence[float] | None
+    ) -> bool:
+        operation = SetStateValues(trial_id, state, None if values is None else list(values))
+        return bool(self._committer.submit(operation))
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        self._committer.submit(SetIntermediate(trial_id, step, value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value_json: str) -> None:
+        self._committer.submit(SetTrialAttr(trial_id, False, key, value_json))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value_json: str) -> None:
+        self._committer.submit(SetTrialAttr(trial_id, True, key, value_json))
+
+    # -- trial reads -----------------------------------------------------------------
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, number: int) -> int:
+        return self._read(lambda conn: reads.trial_id_from_number(conn, study_id, number))
+
+    def get_trial(self, trial_id: int) -> TrialRow:
+        return self._read(lambda conn: reads.load_trial(conn, trial_id))
+
+    def get_study_id_of_trial(self, trial_id: int) -> int:
+        return self._read(lambda conn: reads.study_id_of_trial(conn, trial_id))
+
+    def load_trials(
+        self, study_id: int, *, id_greater_than: int, ids: Collection[int] = ()
+    ) -> list[TrialRow]:
+        """Trials with id > `id_greater_than` or in `ids`, child rows included, by id."""
+        return self._read(
+            lambda conn: reads.load_trials(conn, study_id, id_greater_than, ids)
+        )
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _read(self, query: Callable[[Connection], T]) -> T:
+        def attempt() -> T:
+            with self._reader.connect() as conn:
+                return query(conn)
+
+        return with_retries(attempt, self._retry_deadline, "read")
+
+    def _transaction(self, body: Callable[[Connection], T], what: str) -> T:
+        def attempt() -> T:
+            with self._writer.begin() as conn:
+                return body(conn)
+
+        return with_retries(attempt, self._retry_deadline, what)
+
+    def _apply_batch(self, conn: Connection, operations: list[Operation]) -> Applied:
+        batch = Batch(conn, operations, self._distribution_of)
+        results = batch.run()
+
+        def remember_distributions() -> None:  # committed: they now exist
+            with self._distributions_lock:
+                self._distributions.update(batch.new_distributions)
+
+        return Applied(results, batch.witness(), remember_distributions)
+
+    def _batch_committed(self, witness: Witness) -> bool:
+        return self._read(lambda conn: reads.witness_present(conn, witness))
+
+    def _distribution_of(self, conn: Connection, study_id: int, name: str) -> str | None:
+        known = self._distributions.get((study_id, name))
+        if known is not None:
+            return known
+        found = first_distribution(conn, study_id, name)
+        if found is not None:
+            with self._distributions_lock:
+                self._distributions[(study_id, name)] = found
+        return found
+
+
+def _lock_study(conn: Connection, study_id: int, shared: bool = False) -> bool:
+    """Locks the study's row for this transaction; False if there is none."""
+    query = (
+        select(studies.c.study_id)
+        .where(studies.c.study_id == study_id)
+        .with_for_update(read=shared)
+    )
+    return conn.execute(query).first() is not None
+
