@@ -57,19 +57,23 @@ def _prepare_studies(scenario: Scenario, db: databases.Database | None) -> Studi
     names = tuple(f"{scenario.name}-{tag}-{i}" for i in range(scenario.studies))
     if db is None:
         return Studies(names, (ECHO_STUDY_ID,) * len(names))
-    sizes = scenario.latency_sizes
-    all_names = names + tuple(f"size-{size}" for size in sizes)
-    ids = databases.create_studies(db.url, all_names)
+    ids = databases.create_studies(db.url, names)
     params = scenario.workload.param_names
     synced = None
     if scenario.prefill:
         last = databases.prefill(db.url, ids[0], scenario.prefill, params)
         synced = (last, scenario.prefill)
-    latency_studies = tuple(
-        (size, study_id, databases.prefill(db.url, study_id, size, params))
-        for size, study_id in zip(sizes, ids[len(names):], strict=True)
-    )
-    return Studies(names, tuple(ids[: len(names)]), synced, latency_studies)
+    # The pre-filled study itself is measured at its size, so the load meets a proxy
+    # that has read it once, as it would after its first client.
+    latency_studies = []
+    for size in scenario.latency_sizes:
+        if synced is not None and size == scenario.prefill:
+            latency_studies.append((size, ids[0], synced[0]))
+            continue
+        (study_id,) = databases.create_studies(db.url, [f"{names[0]}-size-{size}"])
+        latency_studies.append((size, study_id, databases.prefill(db.url, study_id, size,
+                                                                  params)))
+    return Studies(names, tuple(ids), synced, tuple(latency_studies))
 
 
 @contextlib.contextmanager

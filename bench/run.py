@@ -165,14 +165,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scaling = len(args.workers) > 1
     started = time.monotonic()
     results: list[dict[str, Any]] = []
-    unavailable: dict[str, str] = {}
+    # A system that could not start is not tried again within the scenario.
+    unavailable: dict[tuple[str, str], str] = {}
     for number, (scenario, system, kind, workers) in enumerate(cells, 1):
         name = f"{system}/{workers}w" if scaling and system == "shardproxy" else system
         label = f"[{number}/{len(cells)}] {scenario.name} · {name} · {kind or 'latency'}"
-        if system in unavailable:
+        if (scenario.name, system) in unavailable:
             results.append({"scenario": scenario.name, "system": system, "label": name,
                             "load": kind, "status": "not available",
-                            "reason": unavailable[system]})
+                            "reason": unavailable[scenario.name, system]})
             print(f"{label}: not available", file=sys.stderr, flush=True)
             continue
         print(f"{label} ({time.monotonic() - started:.0f} s into the run)", file=sys.stderr,
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cell["label"] = name
         print(f"    -> {report.one_line(cell)}", file=sys.stderr, flush=True)
         if cell["status"] == "not available":
-            unavailable[system] = cell["reason"]
+            unavailable[scenario.name, system] = cell["reason"]
         results.append(cell)
     return {
         "meta": {

@@ -57,7 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("prefilled", "a study of 100 000 finished trials: GetTrials latency at "
                  "1k/10k/100k, then the seed load from synced workers",
                  Workload("random", 1), loads=("gen",), systems=("shardproxy", "stock", "direct"),
-                 prefill=100_000, latency_sizes=(1_000, 10_000, 100_000)),
+                 prefill=100_000, latency_sizes=(1_000, 10_000, 100_000), gen_workers=16),
     )
 }
 
