@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of measured load per system and load [per scenario]")
     parser.add_argument("--real", default=None, metavar="PxT",
-                        help="real clients: processes x threads, e.g. 2x4 (default: per scenario)")
+                        help="real clients: processes x threads, e.g. 4x2 (default: per scenario)")
     parser.add_argument("--gen", default=None, metavar="PxW",
                         help="load generator: processes x virtual workers per process, e.g. 2x32")
     parser.add_argument("--taskset", action="store_true",

@@ -1,9 +1,14 @@
 """The scenarios of a run: what the workers do, how many, for how long.
 
 Load sizes are for this 2-core machine: enough workers to keep every system busy
-(real clients: 2 processes x 4 threads, the 8 workers of the reference figures;
+(real clients: 4 processes x 2 threads, the 8 workers of the reference figures;
 load generator: 2 processes x 32 virtual workers), short enough that all scenarios
 over all systems fit in about 15 minutes.
+
+Connections matter to a proxy whose workers share the port through SO_REUSEPORT:
+the kernel spreads connections, not RPCs. The threads of one real-client process
+share one connection (gRPC's global subchannel pool), so real clients open one per
+process; each generator process opens `gen_channels`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ class Scenario:
     studies: int = 1
     loads: tuple[str, ...] = LOADS
     systems: tuple[str, ...] = SYSTEMS
-    real_processes: int = 2
-    real_threads: int = 4
+    real_processes: int = 4
+    real_threads: int = 2
     gen_processes: int = 2
     gen_workers: int = 32  # virtual workers per generator process
     gen_channels: int = 8  # TCP connections per generator process
@@ -53,7 +58,7 @@ SCENARIOS: dict[str, Scenario] = {
                  Workload("random", 10)),
         Scenario("many-studies", "50 studies x 20 virtual workers (real clients: one study each)",
                  Workload("random", 1), studies=50, gen_workers=500, gen_channels=16,
-                 real_threads=8),
+                 real_threads=4),
         Scenario("prefilled", "a study of 100 000 finished trials: GetTrials latency at "
                  "1k/10k/100k, then the seed load from synced workers",
                  Workload("random", 1), loads=("gen",), systems=("shardproxy", "stock", "direct"),
