@@ -102,8 +102,8 @@ def _load_configs(kind: str, scenario: Scenario, studies: Studies, storage: str)
     ]
 
 
-def _snapshotter(proxy: RunningProxy | None, db_counters: counters.DbCounters | None,
-                 foreign: list[int]) -> Callable[[list[int]], dict[str, Any]]:
+def _snapshotter(proxy: RunningProxy | None,
+                 db_counters: counters.DbCounters | None) -> Callable[[list[int]], dict[str, Any]]:
     def snapshot(load_pids: list[int]) -> dict[str, Any]:
         return {
             "time": time.monotonic(),
@@ -185,7 +185,7 @@ def _run(scenario: Scenario, system: str, kind: str, setup: Setup, proxy: Runnin
     try:
         outcome = run_load(kind, _load_configs(kind, scenario, studies, storage),
                            setup.load_cpus, scenario.duration,
-                           _snapshotter(proxy, db_counters, foreign), tick)
+                           _snapshotter(proxy, db_counters), tick)
     finally:
         if db_counters is not None:
             db_counters.close()
@@ -227,8 +227,12 @@ def _figures(outcome: LoadOutcome, db: databases.Database | None, studies: Studi
         "trials_per_s": trials / outcome.wall if outcome.wall else None,
         "load_cpu_ms_per_trial": (after["load_cpu_s"] - before["load_cpu_s"]) * per_trial,
         "progress": outcome.progress,
-        "errors": outcome.errors,
+        "errors": list(outcome.errors),
     }
+    if db is not None and trials != outcome.trials:
+        # Every trial a client saw acknowledged must be in the database, and no other.
+        figures["errors"].append(f"the clients completed {outcome.trials} trials, "
+                                 f"the database holds {trials}")
     if after["proxy_cpu_s"] is not None:
         proxy_cpu = after["proxy_cpu_s"] - before["proxy_cpu_s"]
         figures["proxy_cpu_ms_per_trial"] = proxy_cpu * per_trial

@@ -23,6 +23,9 @@ from bench.loadgen import wire
 from bench.loadgen.virtual import METHODS, Recorder, StudyCache, VirtualWorker, run_worker
 from bench.loadgen.workload import Workload
 
+CONNECT_LIMIT = 60.0  # seconds for every channel to connect
+# Seconds a connected generator waits for the runner's go before giving up.
+START_LIMIT = 600.0
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     # Without it, channels of one process to one target share a single TCP
@@ -93,11 +96,6 @@ async def run_virtual_workers(
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))
     return recorder
-
-
-CONNECT_LIMIT = 60.0
-# Seconds a connected generator waits for the runner's go before giving up.
-START_LIMIT = 600.0
 
 
 async def _wait_event(event: Event, poll: float = 0.01) -> None:
