@@ -78,9 +78,12 @@ def _sqlite_engine(url: URL, immediate: bool) -> Engine:
             "an in-memory SQLite database cannot be shared by the store's connections "
             "and processes; give a database file"
         )
+    connect_args: dict[str, Any] = {"check_same_thread": False}
+    if "timeout" not in url.query:  # a URL's own ?timeout= wins
+        connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
     engine = sqlalchemy.create_engine(
         url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+        connect_args=connect_args,
         pool_reset_on_return=None if not immediate else "rollback",
     )
 
