@@ -1,0 +1,102 @@
+"""Real faults for the retry tests: killed connections and a lost COMMIT reply."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Iterator
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+
+def kill_store_connections(admin_url: str, database: str) -> int:
+    """Kills every connection to `database` but this one; returns how many."""
+    engine = sqlalchemy.create_engine(
+        admin_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                return len(conn.execute(sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ), {"db": database}).all())
+            ids = conn.execute(sqlalchemy.text(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = :db AND id <> CONNECTION_ID()"
+            ), {"db": database}).scalars().all()
+            for connection_id in ids:
+                with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # already gone
+                    conn.execute(sqlalchemy.text(f"KILL CONNECTION {int(connection_id)}"))
+            return len(ids)
+    finally:
+        engine.dispose()
+
+
+class CommitReplyDropper:
+    """A TCP relay in front of a database server that can lose one COMMIT's reply.
+
+    Armed, it forwards the next client packet that carries `COMMIT` to the server,
+    waits for the server's answer (so the transaction did commit), and then closes
+    both sides instead of relaying it: the client sees its connection die during
+    COMMIT, not knowing the outcome.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._armed = threading.Event()
+        self.dropped = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        with client, server:
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([client, server], [], [], 0.2)
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    target = server if source is client else client
+                    if source is client and b"COMMIT" in data and self._armed.is_set():
+                        self._armed.clear()
+                        server.sendall(data)
+                        server.recv(65536)  # the server's answer: committed
+                        self.dropped += 1
+                        return
+                    target.sendall(data)
+
+
+@contextlib.contextmanager
+def commit_reply_dropper(url: str) -> Iterator[tuple[CommitReplyDropper, str]]:
+    """A dropper in front of the server of `url`, and the URL that goes through it."""
+    parsed = make_url(url)
+    dropper = CommitReplyDropper(parsed.host or "127.0.0.1", parsed.port or 0)
+    try:
+        relayed = parsed.set(host="127.0.0.1", port=dropper.port)
+        yield dropper, relayed.render_as_string(hide_password=False)
+    finally:
+        dropper.close()

@@ -1,0 +1,138 @@
+"""Many threads (and processes) writing at once: numbers stay unique and gap-free,
+and every write gets its own outcome."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution, distribution_to_json
+from optuna.exceptions import UpdateFinishedTrialError
+
+from shardproxy.rows import COMPLETE, RUNNING, TrialRow
+from shardproxy.store import Store
+
+FLOAT = distribution_to_json(FloatDistribution(-10.0, 10.0))
+INT = distribution_to_json(IntDistribution(-10, 10))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    store = Store(db_url)
+    yield store
+    store.close()
+
+
+def run_random_sampler_trials(
+    store: Store, study_id: int, threads: int, trials_per_thread: int
+) -> list[TrialRow]:
+    """Each thread runs RandomSampler's write sequence per trial; returns the trials."""
+
+    def worker(index: int) -> None:
+        for i in range(trials_per_thread):
+            trial_id = store.create_new_trial(study_id, None)
+            x = float(index * 100 + i)
+            store.set_trial_param(trial_id, "x", x % 10, FLOAT)
+            assert store.set_trial_state_values(trial_id, COMPLETE, [x])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return store.load_trials(study_id, id_greater_than=-1)
+
+
+def _in_lockstep(count: int, call: Callable[[int], Any]) -> list[Any]:
+    """Runs call(0..count-1) on as many threads released together; outcome per call."""
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> Any:
+        barrier.wait()
+        try:
+            return call(index)
+        except Exception as exc:  # the outcome under test
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_32_threads_get_unique_gap_free_numbers(store: Store) -> None:
+    study_id = store.create_new_study([0], "crowd")
+    trial_ids = _in_lockstep(32, lambda _: store.create_new_trial(study_id, None))
+    assert len(set(trial_ids)) == 32
+    rows = store.load_trials(study_id, id_greater_than=-1)
+    assert sorted(r.trial_id for r in rows) == sorted(trial_ids)
+    assert [r.number for r in rows] == list(range(32))  # rows come in id order
+    assert all(r.state == RUNNING and r.datetime_start for r in rows)
+
+
+def test_random_sampler_workload_completes_every_trial(store: Store) -> None:
+    study_id = store.create_new_study([0], "workload")
+    rows = run_random_sampler_trials(store, study_id, threads=32, trials_per_thread=3)
+    assert [r.number for r in rows] == list(range(96))
+    assert sorted(r.values[0] for r in rows) == sorted(
+        float(i * 100 + j) for i in range(32) for j in range(3))
+    assert all(r.state == COMPLETE and r.datetime_complete for r in rows)
+
+
+def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
+    study_id = store.create_new_study([0], "mixed")
+    running = [store.create_new_trial(study_id, None) for _ in range(8)]
+    finished = store.create_new_trial(study_id, None)
+    store.set_trial_param(running[0], "n", 1.0, INT)
+    store.set_trial_state_values(finished, COMPLETE, [1.0])
+    calls: list[tuple[Callable[[], Any], type[Exception] | None]] = []
+    for trial_id in running:
+        calls.append((lambda t=trial_id: store.set_trial_param(t, "x", 1.0, FLOAT), None))
+        calls.append((lambda t=trial_id: store.set_trial_user_attr(t, "k", "1"), None))
+        calls.append((lambda t=trial_id: store.set_trial_intermediate_value(t, 0, 2.0), None))
+    calls += [
+        (lambda: store.set_trial_param(finished, "x", 1.0, FLOAT), UpdateFinishedTrialError),
+        (lambda: store.set_trial_state_values(finished, COMPLETE, [2.0]),
+         UpdateFinishedTrialError),
+        (lambda: store.set_trial_param(running[1], "n", 1.0, FLOAT), ValueError),
+        (lambda: store.set_trial_param(10**8, "x", 1.0, FLOAT), KeyError),
+        (lambda: store.set_trial_user_attr(10**8, "k", "1"), KeyError),
+        (lambda: store.create_new_trial(10**8, None), KeyError),
+        (lambda: store.set_trial_user_attr(running[2], "k", "not json"), ValueError),
+    ]
+    calls += [(lambda: store.create_new_trial(study_id, None), None)] * 4
+
+    outcomes = _in_lockstep(len(calls), lambda i: calls[i][0]())
+
+    for (_, expected), outcome in zip(calls, outcomes, strict=True):
+        if expected is None:
+            assert not isinstance(outcome, Exception), outcome
+        else:
+            assert isinstance(outcome, expected), outcome
+    rows = {r.trial_id: r for r in store.load_trials(study_id, id_greater_than=-1)}
+    for trial_id in running:
+        assert ("x", 1.0, FLOAT) in rows[trial_id].params
+        assert rows[trial_id].user_attrs == [("k", "1")]
+        assert rows[trial_id].intermediate_values == [(0, 2.0)]
+    assert rows[running[1]].params == [("x", 1.0, FLOAT)]  # the incompatible one left nothing
+    assert rows[finished].params == [] and rows[finished].values == [1.0]
+    assert sorted(r.number for r in rows.values()) == list(range(13))
+
+
+def _create_trials_in_process(url: str, study_id: int, count: int) -> list[int]:
+    store = Store(url)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda _: store.create_new_trial(study_id, None), range(count)))
+    finally:
+        store.close()
+
+
+def test_processes_writing_one_study_get_unique_numbers(store: Store, db_url: str) -> None:
+    study_id = store.create_new_study([0], "processes")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        results = pool.starmap(_create_trials_in_process, [(db_url, study_id, 20)] * 3)
+    trial_ids = [t for ids in results for t in ids]
+    assert len(set(trial_ids)) == 60
+    rows = store.load_trials(study_id, id_greater_than=-1)
+    assert [r.number for r in rows] == list(range(60))

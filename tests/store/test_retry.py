@@ -1,0 +1,137 @@
+"""Transient failures, injected for real, are retried and nothing is applied twice."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from shardproxy.rows import COMPLETE
+from shardproxy.store import Store
+from tests.store.faults import commit_reply_dropper, kill_store_connections
+from tests.store.test_concurrency import FLOAT, run_random_sampler_trials
+
+SERVER_URLS = {"mariadb": "mariadb_url", "postgres": "postgres_url"}
+
+
+def _count_trials(url: str, study_id: int) -> int:
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sqlalchemy.text(
+                "SELECT COUNT(*) FROM trials WHERE study_id = :s"), {"s": study_id}).scalar())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "postgres"])
+def test_killed_connections_are_retried_without_double_writes(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(SERVER_URLS[backend])
+    database = make_url(url).database
+    assert database is not None
+    store = Store(url, retry_deadline=60)
+    kills = 0
+    done = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        deadline = time.monotonic() + 60  # bounded even if the workload hangs
+        while not done.is_set() and time.monotonic() < deadline:
+            kills += kill_store_connections(url, database)
+            time.sleep(0.05)
+
+    try:
+        study_id = store.create_new_study([0], "under-fire")
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            rows = run_random_sampler_trials(store, study_id, threads=8, trials_per_thread=15)
+        finally:
+            done.set()
+            thread.join()
+        assert kills > 0
+        assert len(rows) == 120  # every acknowledged trial once, none twice
+        assert [r.number for r in rows] == list(range(120))
+        assert all(r.state == COMPLETE and len(r.params) == 1 for r in rows)
+        assert _count_trials(url, study_id) == 120
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "postgres"])
+def test_lost_commit_reply_is_not_applied_twice(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = request.getfixturevalue(SERVER_URLS[backend])
+    with commit_reply_dropper(url) as (dropper, relayed_url):
+        store = Store(relayed_url, retry_deadline=30)
+        try:
+            study_id = store.create_new_study([0], "lost-reply")
+            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+                dropper.arm()
+                trial_id = store.create_new_trial(study_id, None)
+                store.set_trial_param(trial_id, "x", 0.5, FLOAT)
+                dropper.arm()
+                updated = store.set_trial_state_values(trial_id, COMPLETE, [0.25])
+            assert dropper.dropped == 2
+            assert "checking whether it committed" in caplog.text
+            assert updated is True  # not UpdateFinishedTrialError from a re-run
+            assert _count_trials(url, study_id) == 1
+            (row,) = store.load_trials(study_id, id_greater_than=-1)
+            assert (row.trial_id, row.number, row.state, row.values) == (
+                trial_id, 0, COMPLETE, [0.25])
+        finally:
+            store.close()
+
+
+def test_lock_wait_timeout_is_retried(
+    mariadb_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    impatient = make_url(mariadb_url).update_query_dict(
+        {"init_command": "SET SESSION innodb_lock_wait_timeout=1"}
+    ).render_as_string(hide_password=False)
+    store = Store(impatient)
+    holder = sqlalchemy.create_engine(mariadb_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        study_id = store.create_new_study([0], "locked")
+        with holder.connect() as conn, caplog.at_level(logging.WARNING):
+            conn.execute(sqlalchemy.text(
+                "SELECT study_id FROM studies WHERE study_id = :s FOR UPDATE"), {"s": study_id})
+            release = threading.Timer(2.5, conn.rollback)
+            release.start()
+            trial_id = store.create_new_trial(study_id, None)  # waits, times out, retries
+            release.join()
+        assert "retrying" in caplog.text and "1205" in caplog.text
+        assert store.get_trial(trial_id).number == 0
+        assert _count_trials(mariadb_url, study_id) == 1
+    finally:
+        store.close()
+        holder.dispose()
+
+
+def test_locked_sqlite_file_is_retried(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(sqlite_url + "?timeout=0.2")
+    try:
+        study_id = store.create_new_study([0], "locked")
+        path = make_url(sqlite_url).database
+        assert path is not None
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        release = threading.Timer(1.5, other.rollback)
+        release.start()
+        with caplog.at_level(logging.WARNING):
+            trial_id = store.create_new_trial(study_id, None)
+        release.join()
+        other.close()
+        assert "database is locked" in caplog.text
+        assert store.get_trial(trial_id).number == 0
+        assert len(store.load_trials(study_id, id_greater_than=-1)) == 1
+    finally:
+        store.close()
