@@ -86,9 +86,7 @@ def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
     store.set_trial_state_values(finished, COMPLETE, [1.0])
     calls: list[tuple[Callable[[], Any], type[Exception] | None]] = []
     for trial_id in running:
-        calls.append((lambda t=trial_id: store.set_trial_param(t, "x", 1.0, FLOAT), None))
-        calls.append((lambda t=trial_id: store.set_trial_user_attr(t, "k", "1"), None))
-        calls.append((lambda t=trial_id: store.set_trial_intermediate_value(t, 0, 2.0), None))
+        calls += _valid_writes(store, trial_id)
     calls += [
         (lambda: store.set_trial_param(finished, "x", 1.0, FLOAT), UpdateFinishedTrialError),
         (lambda: store.set_trial_state_values(finished, COMPLETE, [2.0]),
@@ -116,6 +114,16 @@ def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
     assert rows[running[1]].params == [("x", 1.0, FLOAT)]  # the incompatible one left nothing
     assert rows[finished].params == [] and rows[finished].values == [1.0]
     assert sorted(r.number for r in rows.values()) == list(range(13))
+
+
+def _valid_writes(
+    store: Store, trial_id: int
+) -> list[tuple[Callable[[], Any], type[Exception] | None]]:
+    return [
+        (lambda: store.set_trial_param(trial_id, "x", 1.0, FLOAT), None),
+        (lambda: store.set_trial_user_attr(trial_id, "k", "1"), None),
+        (lambda: store.set_trial_intermediate_value(trial_id, 0, 2.0), None),
+    ]
 
 
 def _create_trials_in_process(url: str, study_id: int, count: int) -> list[int]:

@@ -94,6 +94,7 @@ def _param(rng: random.Random) -> tuple[str, float, str]:
     elif isinstance(distribution, IntDistribution):
         value = float(rng.randrange(distribution.low, distribution.high + 1, distribution.step))
     else:
+        assert isinstance(distribution, FloatDistribution)
         value = rng.uniform(distribution.low, distribution.high)
     return name, value, distribution_to_json(distribution)
 
@@ -143,9 +144,9 @@ def _random_call(rng: random.Random) -> tuple[str, Callable[[Any, Handles], Any]
 
         return f"create_new_trial(#{s}, {template})", create_trial
     if kind == "param":
-        name, value, distribution = _param(rng)
+        name, internal, distribution = _param(rng)
         return f"set_trial_param(#{t}, {name}, {distribution})", lambda side, h: (
-            side.set_trial_param(h.trial(t), name, value, distribution)
+            side.set_trial_param(h.trial(t), name, internal, distribution)
         )
     if kind == "state":
         state = rng.choice(_STATES)
@@ -154,9 +155,9 @@ def _random_call(rng: random.Random) -> tuple[str, Callable[[Any, Handles], Any]
             side.set_trial_state_values(h.trial(t), state, values)
         )
     if kind == "intermediate":
-        step, value = rng.randrange(3), rng.choice([0.25, math.nan, math.inf])
+        step, reported = rng.randrange(3), rng.choice([0.25, math.nan, math.inf])
         return f"set_trial_intermediate_value(#{t}, {step})", lambda side, h: (
-            side.set_trial_intermediate_value(h.trial(t), step, value)
+            side.set_trial_intermediate_value(h.trial(t), step, reported)
         )
     if kind == "trial_attr":
         key, value, system = rng.choice(_KEYS), _json_value(rng), rng.random() < 0.5

@@ -24,7 +24,7 @@ def _count_trials(url: str, study_id: int) -> int:
     try:
         with engine.connect() as conn:
             return int(conn.execute(sqlalchemy.text(
-                "SELECT COUNT(*) FROM trials WHERE study_id = :s"), {"s": study_id}).scalar())
+                "SELECT COUNT(*) FROM trials WHERE study_id = :s"), {"s": study_id}).scalar_one())
     finally:
         engine.dispose()
 

@@ -64,8 +64,8 @@ def _describe(url: str) -> dict[str, Any]:
 def _ddl(conn: sqlalchemy.Connection, tables: list[str]) -> list[Any]:
     """The server's own account of each table, where it gives one."""
     if conn.dialect.name == "sqlite":
-        return conn.execute(sqlalchemy.text(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")).all()
+        return list(conn.execute(sqlalchemy.text(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")).all())
     if conn.dialect.name == "mysql":
         return [
             re.sub(r" AUTO_INCREMENT=\d+", "", conn.execute(
