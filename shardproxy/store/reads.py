@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    bindparam,
     cast,
     literal,
     null,
@@ -177,33 +178,26 @@ def load_trials(
     """
     older = sorted(i for i in set(ids) if i <= id_greater_than)
     parts = sql_chunks(older, MAX_IN_LIST) or [[]]
-    first: ColumnElement[bool] = trials.c.trial_id > id_greater_than
+    params: dict[str, Any] = {"sid": study_id, "gt": id_greater_than}
     if parts[0]:
-        first = or_(first, trials.c.trial_id.in_(parts[0]))
-    rows, found = _trial_rows(conn, and_(trials.c.study_id == study_id, first), study_id)
+        result = conn.execute(_DELTA_AND_IDS, {**params, "ids": list(parts[0])})
+    else:
+        result = conn.execute(_DELTA, params)
+    rows, found = _assemble(result)
     if not found:
         raise KeyError(NOT_FOUND)
     for part in parts[1:]:
-        condition = and_(trials.c.study_id == study_id, trials.c.trial_id.in_(part))
-        rows.extend(_trial_rows(conn, condition, None)[0])
+        rows.extend(_assemble(conn.execute(_IDS, {"sid": study_id, "ids": list(part)}))[0])
     if len(parts) > 1:
         rows.sort(key=lambda row: row.trial_id)
     return rows
 
 
 def load_trial(conn: Connection, trial_id: int) -> TrialRow:
-    rows, _ = _trial_rows(conn, trials.c.trial_id == trial_id, None)
+    rows, _ = _assemble(conn.execute(_ONE_TRIAL, {"trial_id": trial_id}))
     if not rows:
         raise KeyError(NOT_FOUND)
     return rows[0]
-
-
-def _trial_rows(
-    conn: Connection, condition: ColumnElement[bool], study_id: int | None
-) -> tuple[list[TrialRow], bool]:
-    """The matching trials, and whether the study (when given) exists."""
-    result = conn.execute(_union(condition, study_id))
-    return _assemble(result)
 
 
 _COLUMNS = ("kind", "trial_id", "ordinal", "text", "number", "json", "start", "complete")
@@ -214,7 +208,7 @@ def _columns(*values: Any) -> list[Any]:
     return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
 
 
-def _union(condition: ColumnElement[bool], study_id: int | None) -> Any:
+def _union(condition: ColumnElement[bool], with_study: bool) -> Any:
     """One SELECT per table, in the columns of `_COLUMNS`, so that the rows of every
     table fit one UNION ALL; ordered for `_assemble`."""
     no_float = cast(null(), Float)
@@ -248,12 +242,12 @@ def _union(condition: ColumnElement[bool], study_id: int | None) -> Any:
               trial_system_attributes.c.trial_system_attribute_id,
               trial_system_attributes.c.key, no_float, trial_system_attributes.c.value_json),
     ]
-    if study_id is not None:
+    if with_study:
         # A row that says the study exists, so an empty result is not ambiguous.
         parts.append(select(*_columns(
             literal(_STUDY, Integer), studies.c.study_id, literal(0, Integer),
             cast(no_text, String), no_float, no_text, no_time, no_time,
-        )).where(studies.c.study_id == study_id))
+        )).where(studies.c.study_id == bindparam("sid")))
     union = union_all(*parts).subquery()
     return select(union).order_by(union.c.trial_id, union.c.kind, union.c.ordinal)
 
@@ -301,3 +295,15 @@ def witness_present(conn: Connection, witness: Witness) -> bool:
     trial_id, state = next(iter(witness.state_changes.items()))
     query = select(trials.c.state).where(trials.c.trial_id == trial_id)
     return conn.execute(query).scalar() == state
+
+
+# The trial loads, built once: each is one statement, whatever the number of trials.
+# Each branch of an OR stands on its own, so that the database can answer it from
+# the primary key instead of walking the study's index: O(trials returned).
+_IN_STUDY = trials.c.study_id == bindparam("sid")
+_NEWER = and_(trials.c.trial_id > bindparam("gt"), _IN_STUDY)
+_LISTED = and_(trials.c.trial_id.in_(bindparam("ids", expanding=True)), _IN_STUDY)
+_DELTA = _union(_NEWER, with_study=True)
+_DELTA_AND_IDS = _union(or_(_NEWER, _LISTED), with_study=True)
+_IDS = _union(_LISTED, with_study=False)
+_ONE_TRIAL = _union(trials.c.trial_id == bindparam("trial_id"), with_study=False)
