@@ -125,25 +125,46 @@ def study_attrs(conn: Connection, study_id: int, system: bool) -> dict[str, str]
 
 
 def all_studies(conn: Connection) -> list[StudyRow]:
-    directions: dict[int, list[int]] = {}
-    query = select(study_directions.c.study_id, study_directions.c.direction).order_by(
-        study_directions.c.study_id, study_directions.c.objective
-    )
-    for study_id, direction in conn.execute(query):
-        directions.setdefault(study_id, []).append(_direction(direction))
-    attrs: list[dict[int, dict[str, str]]] = []
-    for table in (study_user_attributes, study_system_attributes):
-        by_study: dict[int, dict[str, str]] = {}
-        for study_id, key, value in conn.execute(
-            select(table.c.study_id, table.c.key, table.c.value_json)
-        ):
-            by_study.setdefault(study_id, {})[key] = value
-        attrs.append(by_study)
-    query = select(studies.c.study_id, studies.c.study_name).order_by(studies.c.study_id)
-    return [
-        StudyRow(sid, name, directions.get(sid, []), attrs[0].get(sid, {}), attrs[1].get(sid, {}))
-        for sid, name in conn.execute(query)
-    ]
+    """Every study with its directions and attributes, from one statement (one snapshot:
+    a study created or deleted meanwhile is seen whole or not at all)."""
+    found: list[StudyRow] = []
+    for kind, study_id, _, text, json in conn.execute(_ALL_STUDIES):
+        if kind == 0:
+            found.append(StudyRow(study_id, text, [], {}, {}))
+        elif found and found[-1].study_id == study_id:
+            study = found[-1]
+            if kind == 1:
+                study.directions.append(_direction(text))
+            else:
+                (study.user_attrs if kind == 2 else study.system_attrs)[text] = json
+    return found
+
+
+def _all_studies_statement() -> Any:
+    no_text = cast(null(), Text)
+    labels = ("kind", "study_id", "ordinal", "text", "json")
+
+    def part(kind: int, *columns: Any) -> Select:
+        return select(*(
+            value.label(name)
+            for value, name in zip((literal(kind, Integer), *columns), labels, strict=True)
+        ))
+
+    union = union_all(
+        part(0, studies.c.study_id, literal(0, Integer), cast(studies.c.study_name, String),
+             no_text),
+        part(1, study_directions.c.study_id, study_directions.c.objective,
+             cast(study_directions.c.direction, String), no_text),
+        *(
+            part(kind, table.c.study_id, table.c[f"{table.name[:-1]}_id"],
+                 cast(table.c.key, String), cast(table.c.value_json, Text))
+            for kind, table in ((2, study_user_attributes), (3, study_system_attributes))
+        ),
+    ).subquery()
+    return select(union).order_by(union.c.study_id, union.c.kind, union.c.ordinal)
+
+
+_ALL_STUDIES = _all_studies_statement()
 
 
 # -- trials --------------------------------------------------------------------------

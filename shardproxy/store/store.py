@@ -67,8 +67,11 @@ class Store:
             self._reader.dispose()
             raise
         # (study_id, param name) -> the JSON of the study's first distribution of that
-        # name. It never changes while the study exists, so it is read only once.
+        # name. It never changes while the study exists, so it is read only once. Not
+        # on SQLite, which hands out a deleted study's id again (and reads cost no
+        # round trip there).
         self._distributions: dict[tuple[int, str], str] = {}
+        self._cache_distributions = self._writer.dialect.name != "sqlite"
         self._distributions_lock = threading.Lock()
         self._committer = GroupCommitter(
             self._writer,
@@ -234,8 +237,9 @@ class Store:
         results = batch.run()
 
         def remember_distributions() -> None:  # committed: they now exist
-            with self._distributions_lock:
-                self._distributions.update(batch.new_distributions)
+            if self._cache_distributions:
+                with self._distributions_lock:
+                    self._distributions.update(batch.new_distributions)
 
         return Applied(results, batch.witness(), remember_distributions)
 
@@ -247,7 +251,7 @@ class Store:
         if known is not None:
             return known
         found = first_distribution(conn, study_id, name)
-        if found is not None:
+        if found is not None and self._cache_distributions:
             with self._distributions_lock:
                 self._distributions[(study_id, name)] = found
         return found
