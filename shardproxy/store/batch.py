@@ -9,10 +9,8 @@ check gets its own exception and contributes nothing; the others go on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.distributions import check_distribution_compatibility
@@ -31,15 +29,8 @@ from shardproxy.store.operations import (
     SetTrialAttr,
     parse_distribution,
 )
-from shardproxy.store.schema import (
-    studies,
-    trial_intermediate_values,
-    trial_params,
-    trial_system_attributes,
-    trial_user_attributes,
-    trial_values,
-    trials,
-)
+from shardproxy.store.pending import PendingRows, utc_now, write_states
+from shardproxy.store.schema import studies, trial_params, trials
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
 # RDBStorage's message for a missing row.
@@ -47,23 +38,6 @@ NOT_FOUND = "Record does not exist."
 
 # (study_id, param name) -> the distribution JSON of the study's first such param.
 DistributionLookup = Callable[[Connection, int, str], "str | None"]
-
-
-def utc_now() -> datetime:
-    """Optuna stores naive UTC datetimes."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def value_repr(value: float) -> tuple[float | None, str]:
-    if math.isinf(value):
-        return None, "INF_POS" if value > 0 else "INF_NEG"
-    return value, "FINITE"
-
-
-def intermediate_repr(value: float) -> tuple[float | None, str]:
-    if math.isnan(value):
-        return None, "NAN"
-    return value_repr(value)
 
 
 @dataclass
@@ -97,69 +71,6 @@ class Witness:
         return not self.created_ids and not self.state_changes
 
 
-@dataclass
-class _Rows:
-    """What the batch will write, gathered while the operations are checked."""
-
-    params: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
-    values: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
-    intermediates: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
-    user_attrs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
-    system_attrs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
-
-    def add_value(self, trial_id: int, objective: int, value: float) -> None:
-        stored, kind = value_repr(value)
-        self.values[(trial_id, objective)] = {
-            "trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
-
-    def add_intermediate(self, trial_id: int, step: int, value: float) -> None:
-        stored, kind = intermediate_repr(value)
-        self.intermediates[(trial_id, step)] = {
-            "trial_id": trial_id, "step": step, "intermediate_value": stored,
-            "intermediate_value_type": kind}
-
-    def add_param(self, trial_id: int, name: str, value: float, distribution: str) -> None:
-        # A second param of the same name is ignored, as RDBStorage ignores the
-        # IntegrityError of its INSERT.
-        self.params.setdefault((trial_id, name), {
-            "trial_id": trial_id, "param_name": name, "param_value": value,
-            "distribution_json": distribution})
-
-    def add_attr(self, system: bool, trial_id: int, key: str, value_json: str) -> None:
-        target = self.system_attrs if system else self.user_attrs
-        target[(trial_id, key)] = {"trial_id": trial_id, "key": key, "value_json": value_json}
-
-    def write(self, conn: Connection) -> None:
-        if self.params:
-            sql.insert_or_ignore(conn, trial_params, list(self.params.values()),
-                                 ("trial_id", "param_name"))
-        if self.values:
-            sql.upsert(conn, trial_values, list(self.values.values()), ("trial_id", "objective"))
-        if self.intermediates:
-            sql.upsert(conn, trial_intermediate_values, list(self.intermediates.values()),
-                       ("trial_id", "step"))
-        for table, rows in ((trial_user_attributes, self.user_attrs),
-                            (trial_system_attributes, self.system_attrs)):
-            if rows:
-                sql.upsert(conn, table, list(rows.values()), ("trial_id", "key"))
-
-
-def write_states(conn: Connection, changed: dict[int, _Trial], now: datetime) -> None:
-    """One UPDATE per kind of change (state, and which datetimes become `now`)."""
-    groups: dict[tuple[str, bool, bool], list[int]] = {}
-    for trial_id, trial in changed.items():
-        key = (trial.state, trial.start_changed, trial.complete_changed)
-        groups.setdefault(key, []).append(trial_id)
-    for (state, start, complete), trial_ids in groups.items():
-        changes: dict[str, Any] = {"state": state}
-        if start:
-            changes["datetime_start"] = now
-        if complete:
-            changes["datetime_complete"] = now
-        for part in sql.chunks(sorted(trial_ids)):
-            conn.execute(update(trials).where(trials.c.trial_id.in_(part)).values(changes))
-
-
 class Batch:
     """Applies `operations` inside the caller's transaction on `conn`."""
 
@@ -173,7 +84,7 @@ class Batch:
         self.new_distributions: dict[tuple[int, str], str] = {}
         self.created_ids: list[int] = []
         self._distribution_of = distribution_of
-        self._rows = _Rows()
+        self._rows = PendingRows()
         self._trials: dict[int, _Trial] = {}
         self._now = utc_now()
 
@@ -194,11 +105,12 @@ class Batch:
             except (KeyError, ValueError, UpdateFinishedTrialError) as exc:
                 self.results[index] = exc
         self._rows.write(self.conn)
-        changed = {
-            i: t for i, t in self._trials.items()
+        changes = {
+            i: (t.state, t.start_changed, t.complete_changed)
+            for i, t in self._trials.items()
             if t.state_changed or t.start_changed or t.complete_changed
         }
-        write_states(self.conn, changed, self._now)
+        write_states(self.conn, changes, self._now)
         return self.results
 
     def witness(self) -> Witness:
