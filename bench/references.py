@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from bench.loadgen.wire import varint
+
 SERVICE = "optuna.StorageService"
 DEFAULT_ECHO_THREADS = 64  # shardproxy's default gRPC handler threads per worker
 # A started trial as the echo floor describes it: RUNNING, with a start time.
@@ -40,16 +42,6 @@ def run_stock(storage_url: str, host: str, port: int) -> None:
 
 
 # -- echo floor ------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _first_varint(request: bytes) -> int:
@@ -94,15 +86,15 @@ class EchoHandlers:
     def __init__(self) -> None:
         self._replies = canned_replies()
         self._trial_ids = itertools.count(1)
-        self._trial_tail = b"*" + _varint(len(_CANNED_DATETIME)) + _CANNED_DATETIME.encode()
+        self._trial_tail = b"*" + varint(len(_CANNED_DATETIME)) + _CANNED_DATETIME.encode()
 
     def create_new_trial(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return b"\x08" + _varint(next(self._trial_ids))
+        return b"\x08" + varint(next(self._trial_ids))
 
     def get_trial(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        trial_id = _varint(_first_varint(request))
+        trial_id = varint(_first_varint(request))
         trial = b"\x08" + trial_id + b"\x10" + trial_id + self._trial_tail
-        return b"\x0a" + _varint(len(trial)) + trial
+        return b"\x0a" + varint(len(trial)) + trial
 
     def canned(self, name: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         reply = self._replies[name]
