@@ -15,7 +15,7 @@ from typing import Any
 
 from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import UpdateFinishedTrialError
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
@@ -154,27 +154,17 @@ class Batch:
         The lock makes "number = trials so far" safe: every trial of these studies
         committed before it was granted, and none can be added until this commits.
         """
-        locked = self.conn.execute(
-            select(studies.c.study_id).where(studies.c.study_id.in_(study_ids))
-            .with_for_update()
-        ).scalars().all()
+        locked = self.conn.execute(_LOCK_STUDIES, {"ids": study_ids}).scalars().all()
         counts: dict[int, int] = dict.fromkeys(locked, 0)
         if locked:
-            query = (
-                select(trials.c.study_id, func.count(trials.c.trial_id))
-                .where(trials.c.study_id.in_(sorted(locked)))
-                .group_by(trials.c.study_id)
-            )
-            counts.update({sid: n for sid, n in self.conn.execute(query)})
+            found = self.conn.execute(_COUNT_TRIALS, {"ids": sorted(locked)})
+            counts.update({sid: n for sid, n in found})
         return counts
 
     def _insert_trials(self, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
         """The new trial ids by (study_id, number), in one statement where RETURNING exists."""
         if self.conn.dialect.insert_returning:
-            statement = insert(trials).returning(
-                trials.c.trial_id, trials.c.study_id, trials.c.number
-            )
-            created = self.conn.execute(statement, rows).all()
+            created = self.conn.execute(_INSERT_TRIALS_RETURNING, rows).all()
         else:  # MySQL proper: find them by number, under the study locks
             self.conn.execute(insert(trials), rows)
             first: dict[int, int] = {}
@@ -253,12 +243,9 @@ class Batch:
     def _lock_trials(self) -> None:
         ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
         for part in sql.chunks(ids):
-            query = (
-                select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
-                .where(trials.c.trial_id.in_(part))
-                .with_for_update()
-            )
-            for trial_id, study_id, number, state in self.conn.execute(query):
+            for trial_id, study_id, number, state in self.conn.execute(
+                _LOCK_TRIALS, {"ids": list(part)}
+            ):
                 self._trials[trial_id] = _Trial(study_id, number, state)
 
     def _updatable(self, trial_id: int) -> _Trial:
@@ -322,11 +309,33 @@ class Batch:
 
 def first_distribution(conn: Connection, study_id: int, name: str) -> str | None:
     """The distribution of the study's earlier param of that name, as RDBStorage reads it."""
-    query = (
-        select(trial_params.c.distribution_json)
-        .join(trials, trials.c.trial_id == trial_params.c.trial_id)
-        .where(and_(trials.c.study_id == study_id, trial_params.c.param_name == name))
-        .limit(1)
-    )
-    row = conn.execute(query).first()
+    row = conn.execute(_FIRST_DISTRIBUTION, {"sid": study_id, "name": name}).first()
     return None if row is None else str(row[0])
+
+
+# The batch's statements, built once (building one costs more than running it).
+_LOCK_STUDIES = (
+    select(studies.c.study_id)
+    .where(studies.c.study_id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+_COUNT_TRIALS = (
+    select(trials.c.study_id, func.count(trials.c.trial_id))
+    .where(trials.c.study_id.in_(bindparam("ids", expanding=True)))
+    .group_by(trials.c.study_id)
+)
+_INSERT_TRIALS_RETURNING = insert(trials).returning(
+    trials.c.trial_id, trials.c.study_id, trials.c.number
+)
+_LOCK_TRIALS = (
+    select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
+    .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+_FIRST_DISTRIBUTION = (
+    select(trial_params.c.distribution_json)
+    .join(trials, trials.c.trial_id == trial_params.c.trial_id)
+    .where(and_(trials.c.study_id == bindparam("sid"),
+                trial_params.c.param_name == bindparam("name")))
+    .limit(1)
+)

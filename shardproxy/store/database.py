@@ -1,9 +1,12 @@
 """Engines for the three backends: one autocommit pool for reads, one for writes.
 
-Reads are single statements, so they run in autocommit mode and return their
-connection without a ROLLBACK (a statement the database would count for
-nothing). Writes run in explicit transactions with what each backend needs for
-the store's locking to hold:
+Reads are single statements, so they run in autocommit mode and never send a
+ROLLBACK: neither when SQLAlchemy closes the connection's implicit transaction
+(`skip_autocommit_rollback`) nor when the pool takes the connection back. Either
+would be a statement the database counts for nothing, one per read.
+
+Writes run in explicit transactions with what each backend needs for the store's
+locking to hold:
 
 - MySQL/MariaDB: READ COMMITTED, so that a count taken after a `FOR UPDATE` lock
   sees every trial committed before the lock was granted.
@@ -49,6 +52,7 @@ def make_read_engine(url: str, pool_size: int) -> Engine:
     return sqlalchemy.create_engine(
         parsed,
         isolation_level="AUTOCOMMIT",
+        skip_autocommit_rollback=True,
         pool_reset_on_return=None,
         **_pool_options(pool_size),
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
 
 from shardproxy.store import sql
@@ -95,10 +96,21 @@ def write_states(conn: Connection, changes: dict[int, StateChange], now: datetim
     for trial_id, change in changes.items():
         groups.setdefault(change, []).append(trial_id)
     for (state, start, complete), trial_ids in groups.items():
-        columns: dict[str, Any] = {"state": state}
-        if start:
-            columns["datetime_start"] = now
-        if complete:
-            columns["datetime_complete"] = now
+        statement = _update_state_statement(start, complete)
         for part in sql.chunks(sorted(trial_ids)):
-            conn.execute(update(trials).where(trials.c.trial_id.in_(part)).values(columns))
+            conn.execute(statement, {"new_state": state, "now": now, "ids": list(part)})
+
+
+@functools.cache
+def _update_state_statement(start: bool, complete: bool) -> Any:
+    """The UPDATE for one kind of state change, built once per kind."""
+    columns: dict[str, Any] = {"state": bindparam("new_state")}
+    if start:
+        columns["datetime_start"] = bindparam("now")
+    if complete:
+        columns["datetime_complete"] = bindparam("now")
+    return (
+        update(trials)
+        .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
+        .values(columns)
+    )

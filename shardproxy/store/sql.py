@@ -9,6 +9,7 @@ SQLite runs them in-process.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,19 +32,7 @@ def upsert(
 
     Rows must be unique by `keys` (PostgreSQL refuses to touch a row twice).
     """
-    updated = [c for c in rows[0] if c not in keys]
-    dialect = conn.dialect.name
-    if dialect == "mysql":
-        mysql_stmt = mysql.insert(table)
-        statement: Any = mysql_stmt.on_duplicate_key_update(
-            {c: mysql_stmt.inserted[c] for c in updated}
-        )
-    else:
-        module: Any = postgresql if dialect == "postgresql" else sqlite
-        stmt = module.insert(table)
-        statement = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: stmt.excluded[c] for c in updated}
-        )
+    statement = _upsert_statement(conn.dialect.name, table, tuple(keys), tuple(rows[0]))
     _execute_many(conn, table, statement, rows)
 
 
@@ -51,28 +40,52 @@ def insert_or_ignore(
     conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]
 ) -> None:
     """INSERT rows, skipping those whose `keys` already exist (as Optuna ignores them)."""
-    dialect = conn.dialect.name
-    if dialect == "mysql":
-        # Not INSERT IGNORE, which would also swallow errors other than the duplicate.
-        primary_key = table.primary_key.columns.values()[0]
-        statement: Any = mysql.insert(table).on_duplicate_key_update(
-            {primary_key.name: primary_key}
-        )
-    else:
-        module: Any = postgresql if dialect == "postgresql" else sqlite
-        statement = module.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-    _execute_many(conn, table, statement, rows)
+    _execute_many(conn, table, _insert_or_ignore_statement(conn.dialect.name, table, tuple(keys)),
+                  rows)
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     _execute_many(conn, table, insert(table), rows)
 
 
+# The statements are built once per shape: building one (and its `inserted` or
+# `excluded` alias) costs more CPU than executing it from SQLAlchemy's compiled cache.
+
+
+@functools.cache
+def _upsert_statement(
+    dialect: str, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]
+) -> Any:
+    updated = [c for c in columns if c not in keys]
+    if dialect == "mysql":
+        mysql_stmt = mysql.insert(table)
+        return mysql_stmt.on_duplicate_key_update({c: mysql_stmt.inserted[c] for c in updated})
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in updated}
+    )
+
+
+@functools.cache
+def _insert_or_ignore_statement(dialect: str, table: Table, keys: tuple[str, ...]) -> Any:
+    if dialect == "mysql":
+        # Not INSERT IGNORE, which would also swallow errors other than the duplicate.
+        primary_key = table.primary_key.columns.values()[0]
+        return mysql.insert(table).on_duplicate_key_update({primary_key.name: primary_key})
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+@functools.cache
+def _returning_primary_key(statement: Any, table: Table) -> Any:
+    return statement.returning(*table.primary_key.columns)
+
+
 def _execute_many(
     conn: Connection, table: Table, statement: Any, rows: list[dict[str, Any]]
 ) -> None:
     if len(rows) > 1 and conn.dialect.name == "postgresql":
-        statement = statement.returning(*table.primary_key.columns)
-        conn.execute(statement, rows).all()
+        conn.execute(_returning_primary_key(statement, table), rows).all()
     else:
         conn.execute(statement, rows)
