@@ -25,6 +25,10 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("threads", int, "gRPC handler threads per worker (bounds the RPCs in flight per worker)"),
     ("db-pool-size", int, "database connections per worker"),
     ("max-batch", int, "most write operations committed in one group transaction"),
+    ("commit-window", float, "seconds a group commit waits for more writes when the last "
+     "one had company (0: never)"),
+    ("sync-window", float, "seconds a busy study's cache sync waits for more reads to join "
+     "(0: never)"),
     ("retry-deadline", float, "seconds a transient database error is retried before failing"),
     ("cache-max-trials", int, "trials cached per worker before whole studies are evicted"),
     ("drain-timeout", float, "seconds in-flight RPCs may take to finish on SIGTERM"),

@@ -60,6 +60,7 @@ class Worker:
             pool_size=config.db_pool_size,
             max_batch=config.max_batch,
             retry_deadline=config.retry_deadline,
+            commit_window=config.commit_window,
         )
         store = self.store
         self.caches = StudyCaches(
@@ -67,6 +68,7 @@ class Worker:
                 study_id, id_greater_than=id_greater_than, ids=ids
             ),
             config.cache_max_trials,
+            sync_window=config.sync_window,
         )
         self.service = Service(self.store, self.caches, TrialStudyMap())
         self.metrics = Metrics()

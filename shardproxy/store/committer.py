@@ -2,7 +2,9 @@
 
 While one transaction runs, the writes that arrive queue up; the next transaction
 takes all of them (up to `max_batch`). Each caller waits for the commit that
-carries its write and gets its own result or exception.
+carries its write and gets its own result or exception. When writes arrived while
+the last transaction ran (the store is busy), the next one waits a short window
+for more to join; a lone writer never waits.
 
 Failures:
 - A transient error (deadlock, lock wait timeout, lost connection, a locked
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,8 +89,10 @@ class GroupCommitter:
         *,
         max_batch: int,
         retry_deadline: float,
+        window: float = 0.0,
     ) -> None:
         self._engine = engine
+        self._window = window
         self._apply_batch = apply_batch
         self._commit_check = commit_check
         self._max_batch = max_batch
@@ -120,15 +125,28 @@ class GroupCommitter:
     # -- the committing thread ------------------------------------------------------
 
     def _loop(self) -> None:
+        busy = False  # writes arrived while the last transaction ran
         while True:
             with self._wakeup:
                 while not self._queue and not self._closed:
                     self._wakeup.wait()
                 if not self._queue:
                     return
+                if busy and self._window > 0:
+                    self._gather(time.monotonic() + self._window)
                 take = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(take)]
             self._commit(batch)
+            with self._wakeup:
+                busy = bool(self._queue)
+
+    def _gather(self, deadline: float) -> None:
+        """Waits, holding `_wakeup`, until the deadline or a full batch or closing."""
+        while len(self._queue) < self._max_batch and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.wait(remaining)
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:

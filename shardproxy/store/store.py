@@ -56,6 +56,7 @@ class Store:
         pool_size: int = 8,
         max_batch: int = 256,
         retry_deadline: float = 60.0,
+        commit_window: float = 0.0,
     ) -> None:
         self._retry_deadline = retry_deadline
         self._writer = make_write_engine(url, pool_size)
@@ -79,6 +80,7 @@ class Store:
             self._batch_committed,
             max_batch=max_batch,
             retry_deadline=retry_deadline,
+            window=commit_window,
         )
 
     def close(self) -> None:

@@ -78,6 +78,29 @@ def test_random_sampler_workload_completes_every_trial(store: Store) -> None:
     assert all(r.state == COMPLETE and r.datetime_complete for r in rows)
 
 
+def test_a_commit_window_batches_concurrent_writes_and_loses_none(db_url: str) -> None:
+    store = Store(db_url, commit_window=0.05)
+    try:
+        study_id = store.create_new_study([0], "windowed")
+        rows = run_random_sampler_trials(store, study_id, threads=16, trials_per_thread=3)
+    finally:
+        store.close()
+    assert [r.number for r in rows] == list(range(48))
+    assert all(r.state == COMPLETE and r.params[0][0] == "x" for r in rows)
+
+
+def test_a_lone_writer_never_waits_for_the_commit_window(db_url: str) -> None:
+    """With no write arriving while the last one committed, nothing is waited for
+    (else this test would sit out an hour per write)."""
+    store = Store(db_url, commit_window=3600.0)
+    try:
+        study_id = store.create_new_study([0], "lone")
+        rows = run_random_sampler_trials(store, study_id, threads=1, trials_per_thread=5)
+    finally:
+        store.close()
+    assert [r.number for r in rows] == list(range(5))
+
+
 def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
     study_id = store.create_new_study([0], "mixed")
     running = [store.create_new_trial(study_id, None) for _ in range(8)]

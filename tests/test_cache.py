@@ -1,0 +1,190 @@
+"""The per-study cache on its own: what a read returns, and when it reads the database.
+
+The database is stood in for by an in-memory table of trial rows behind the same
+`load_trials` signature the store provides, so that a test can hold a sync in
+flight and change the rows meanwhile. The cache in front of a real database is
+tested through the server (tests/test_conformance.py, tests/test_studies.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection
+
+import pytest
+from optuna.storages._grpc.auto_generated import api_pb2
+
+from shardproxy import codec
+from shardproxy.cache import StudyCache, StudyCaches
+from shardproxy.rows import COMPLETE, RUNNING, TrialRow
+
+STUDY = 7
+
+
+def trial(trial_id: int, state: int = COMPLETE, value: float = 0.0) -> TrialRow:
+    finished = state == COMPLETE
+    return TrialRow(
+        trial_id, trial_id - 1, state, [value] if finished else [], "2026-11-28 10:00:00.000000",
+        "2026-11-28 10:00:01.000000" if finished else "", [], [], [], [],
+    )
+
+
+class Table:
+    """Trial rows by id, and the loads the cache asked for."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, TrialRow] = {}
+        self.loads: list[tuple[int, list[int]]] = []
+        self.hold: threading.Event | None = None  # while set, a load waits for it
+        self.load_started = threading.Event()
+        self._lock = threading.Lock()
+
+    def put(self, row: TrialRow) -> None:
+        with self._lock:
+            self.rows[row.trial_id] = row
+
+    def load_trials(
+        self, study_id: int, greater_than: int, ids: Collection[int]
+    ) -> list[TrialRow]:
+        if study_id != STUDY:
+            raise KeyError(study_id)
+        with self._lock:
+            self.loads.append((greater_than, sorted(ids)))
+            snapshot = dict(self.rows)  # the database's state when the load began
+        self.load_started.set()
+        hold = self.hold
+        if hold is not None:
+            hold.wait()
+        return [row for i, row in sorted(snapshot.items()) if i > greater_than or i in ids]
+
+
+def decoded_ids(encoded: list[bytes]) -> list[int]:
+    reply = codec.encode_trials_reply(encoded)
+    message = api_pb2.GetTrialsReply()
+    message.ParseFromString(reply)
+    return [t.trial_id for t in message.trials]
+
+
+def test_trials_after_an_id_and_listed_older_ones_in_id_order() -> None:
+    table = Table()
+    for trial_id in range(1, 11):
+        table.put(trial(trial_id))
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+
+    assert decoded_ids(cache.trials_bytes([2, 5, 99], id_greater_than=7)) == [2, 5, 8, 9, 10]
+    assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == list(range(1, 11))
+    assert cache.trials_bytes([], id_greater_than=10) == []
+
+
+def test_a_delta_sync_asks_only_for_newer_and_unfinished_trials() -> None:
+    table = Table()
+    table.put(trial(1))
+    table.put(trial(2, RUNNING))
+    table.put(trial(3))
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+    table.put(trial(2, COMPLETE, value=4.0))
+    table.put(trial(4, RUNNING))
+    cache.sync()
+
+    assert table.loads == [(-1, []), (3, [2])]
+    assert cache.finished_trial_bytes(2) == codec.encode_trial(trial(2, COMPLETE, value=4.0))
+    assert cache.finished_trial_bytes(4) is None  # running: its bytes may still change
+    assert cache.trial_bytes(4) == codec.encode_trial(trial(4, RUNNING))
+
+
+def test_a_read_arriving_during_a_sync_waits_for_the_next_one() -> None:
+    """The running sync began before the read arrived, so it may miss a write the
+    reader already saw acknowledged: the read needs a sync that starts later."""
+    table = Table()
+    table.put(trial(1))
+    cache = StudyCache(STUDY, table.load_trials)
+    table.hold = threading.Event()
+    first = threading.Thread(target=cache.sync)
+    first.start()
+    assert table.load_started.wait(10)
+
+    table.put(trial(2))  # committed after the running sync took its snapshot
+    late_reader = threading.Thread(target=cache.sync)
+    late_reader.start()
+    table.hold.set()
+    first.join(10)
+    late_reader.join(10)
+
+    assert len(table.loads) == 2
+    assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == [1, 2]
+
+
+def test_reads_of_a_busy_study_join_the_sync_that_waits_for_them() -> None:
+    table = Table()
+    table.put(trial(1))
+    cache = StudyCache(STUDY, table.load_trials, window=1.0)
+    table.hold = threading.Event()
+    first = threading.Thread(target=cache.sync)
+    first.start()
+    assert table.load_started.wait(10)
+    # A read arrives while that sync runs: the study is busy.
+    second = threading.Thread(target=cache.sync)
+    second.start()
+    assert wait_until(lambda: cache._read_during_sync)  # noqa: SLF001
+    held, table.hold = table.hold, None
+    held.set()
+    # The second read's sync now holds back for its window before it loads...
+    assert wait_until(lambda: cache._sync_running and cache._syncs_finished == 1)  # noqa: SLF001
+    table.put(trial(2))
+    third = threading.Thread(target=cache.sync)
+    third.start()  # ...so a read arriving meanwhile joins it.
+    for thread in (first, second, third):
+        thread.join(10)
+
+    assert len(table.loads) == 2
+    assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == [1, 2]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_sequential_reads_never_wait_for_company() -> None:
+    """A lone client's reads are not held back, however long the window."""
+    table = Table()
+    table.put(trial(1))
+    cache = StudyCache(STUDY, table.load_trials, window=3600.0)
+    for trial_id in range(2, 7):
+        table.put(trial(trial_id))
+        cache.sync()
+    assert len(table.loads) == 5
+    assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_study_that_is_gone_is_dropped_and_reported() -> None:
+    table = Table()
+    caches = StudyCaches(table.load_trials, max_trials=100)
+    with pytest.raises(KeyError):
+        caches.synced(STUDY + 1)
+    assert not caches.holds(STUDY + 1)
+
+
+def test_least_recently_used_studies_are_evicted_past_the_limit() -> None:
+    tables = {}
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialRow]:
+        return [row for i, row in tables[study_id].items() if i > greater_than or i in ids]
+
+    for study_id in (1, 2, 3):
+        tables[study_id] = {study_id * 10 + i: trial(study_id * 10 + i) for i in range(4)}
+    caches = StudyCaches(load, max_trials=8)
+    caches.synced(1)
+    caches.synced(2)
+    caches.synced(1)  # study 2 is now the least recently used
+    caches.synced(3)
+
+    assert caches.holds(1) and caches.holds(3) and not caches.holds(2)
+    assert caches.cached_trials() == 8
