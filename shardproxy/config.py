@@ -36,8 +36,8 @@ class Config:
     # Seconds a group commit, or a study's sync, waits for more requests to join it
     # when the previous one had company; a lone client never waits. With a few
     # clients per study this turns one statement per request into one per window.
-    commit_window: float = 0.002
-    sync_window: float = 0.002
+    commit_window: float = 0.005
+    sync_window: float = 0.005
     # How long a transient database error (restart, failover, deadlock) is retried
     # inside the proxy before the client sees UNAVAILABLE.
     retry_deadline: float = 60.0

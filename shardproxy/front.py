@@ -57,6 +57,11 @@ class Forwarder(Protocol):
     ) -> tuple[int, bytes]: ...
 
 
+def _via_trial(service: Service, trial_of: Callable[[bytes], int]) -> Callable[[bytes], int]:
+    """The study of a trial-scoped request: its trial's study."""
+    return lambda data: service.study_of_trial(trial_of(data))
+
+
 class Front:
     """Serves a request here when this worker owns its study, else forwards it."""
 
@@ -80,10 +85,7 @@ class Front:
             if name in _STUDY_SCOPED:
                 self._study_of.append(_STUDY_SCOPED[name])
             elif name in _TRIAL_SCOPED:
-                trial_of = _TRIAL_SCOPED[name]
-                self._study_of.append(
-                    lambda data, trial_of=trial_of: service.study_of_trial(trial_of(data))
-                )
+                self._study_of.append(_via_trial(service, _TRIAL_SCOPED[name]))
             else:
                 self._study_of.append(None)
 

@@ -30,6 +30,7 @@ from shardproxy.store.operations import (
     parse_distribution,
 )
 from shardproxy.store.pending import PendingRows, utc_now, write_states
+from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trial_params, trials
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
@@ -154,10 +155,10 @@ class Batch:
         The lock makes "number = trials so far" safe: every trial of these studies
         committed before it was granted, and none can be added until this commits.
         """
-        locked = self.conn.execute(_LOCK_STUDIES, {"ids": study_ids}).scalars().all()
+        locked = _LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars().all()
         counts: dict[int, int] = dict.fromkeys(locked, 0)
         if locked:
-            found = self.conn.execute(_COUNT_TRIALS, {"ids": sorted(locked)})
+            found = _COUNT_TRIALS.execute(self.conn, {"ids": sorted(locked)})
             counts.update({sid: n for sid, n in found})
         return counts
 
@@ -243,9 +244,8 @@ class Batch:
     def _lock_trials(self) -> None:
         ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
         for part in sql.chunks(ids):
-            for trial_id, study_id, number, state in self.conn.execute(
-                _LOCK_TRIALS, {"ids": list(part)}
-            ):
+            locked = _LOCK_TRIALS.execute(self.conn, {"ids": list(part)})
+            for trial_id, study_id, number, state in locked:
                 self._trials[trial_id] = _Trial(study_id, number, state)
 
     def _updatable(self, trial_id: int) -> _Trial:
@@ -309,30 +309,33 @@ class Batch:
 
 def first_distribution(conn: Connection, study_id: int, name: str) -> str | None:
     """The distribution of the study's earlier param of that name, as RDBStorage reads it."""
-    row = conn.execute(_FIRST_DISTRIBUTION, {"sid": study_id, "name": name}).first()
+    row = _FIRST_DISTRIBUTION.execute(conn, {"sid": study_id, "name": name}).first()
     return None if row is None else str(row[0])
 
 
 # The batch's statements, built once (building one costs more than running it).
-_LOCK_STUDIES = (
+_LOCK_STUDIES = Prepared(
     select(studies.c.study_id)
     .where(studies.c.study_id.in_(bindparam("ids", expanding=True)))
-    .with_for_update()
+    .with_for_update(),
+    expanding=["ids"],
 )
-_COUNT_TRIALS = (
+_COUNT_TRIALS = Prepared(
     select(trials.c.study_id, func.count(trials.c.trial_id))
     .where(trials.c.study_id.in_(bindparam("ids", expanding=True)))
-    .group_by(trials.c.study_id)
+    .group_by(trials.c.study_id),
+    expanding=["ids"],
 )
 _INSERT_TRIALS_RETURNING = insert(trials).returning(
     trials.c.trial_id, trials.c.study_id, trials.c.number
 )
-_LOCK_TRIALS = (
+_LOCK_TRIALS = Prepared(
     select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
     .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
-    .with_for_update()
+    .with_for_update(),
+    expanding=["ids"],
 )
-_FIRST_DISTRIBUTION = (
+_FIRST_DISTRIBUTION = Prepared(
     select(trial_params.c.distribution_json)
     .join(trials, trials.c.trial_id == trial_params.c.trial_id)
     .where(and_(trials.c.study_id == bindparam("sid"),

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
 
 from shardproxy.store import sql
+from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import (
     trial_intermediate_values,
     trial_params,
@@ -98,19 +99,20 @@ def write_states(conn: Connection, changes: dict[int, StateChange], now: datetim
     for (state, start, complete), trial_ids in groups.items():
         statement = _update_state_statement(start, complete)
         for part in sql.chunks(sorted(trial_ids)):
-            conn.execute(statement, {"new_state": state, "now": now, "ids": list(part)})
+            statement.execute(conn, {"new_state": state, "now": now, "ids": list(part)})
 
 
 @functools.cache
-def _update_state_statement(start: bool, complete: bool) -> Any:
+def _update_state_statement(start: bool, complete: bool) -> Prepared:
     """The UPDATE for one kind of state change, built once per kind."""
     columns: dict[str, Any] = {"state": bindparam("new_state")}
     if start:
         columns["datetime_start"] = bindparam("now")
     if complete:
         columns["datetime_complete"] = bindparam("now")
-    return (
+    return Prepared(
         update(trials)
         .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
-        .values(columns)
+        .values(columns),
+        expanding=["ids"],
     )
