@@ -24,6 +24,7 @@ never waits.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_right
@@ -156,7 +157,7 @@ class StudyCache:
             snapshot = {row.trial_id: self._trials.get(row.trial_id) for row in rows}
         for row in rows:
             current = snapshot[row.trial_id]
-            if current is None or current.row != row:
+            if current is None or not _same_row(current.row, row):
                 changed.append((row, _CachedTrial(row)))
         with self._lock:
             for row, fresh in changed:
@@ -174,6 +175,20 @@ class StudyCache:
                     self._unfinished.discard(trial_id)
                 else:
                     self._unfinished.add(trial_id)
+
+
+def _same_row(old: TrialRow, new: TrialRow) -> bool:
+    """Row equality where a NaN intermediate value (which Optuna stores) equals itself:
+    with plain `==` such a trial would look changed, and be re-encoded, on every sync."""
+    if old == new:
+        return True
+    if old._replace(intermediate_values=[]) != new._replace(intermediate_values=[]):
+        return False
+    return _without_nan(old.intermediate_values) == _without_nan(new.intermediate_values)
+
+
+def _without_nan(steps: list[tuple[int, float]]) -> list[tuple[int, float | None]]:
+    return [(step, None if math.isnan(value) else value) for step, value in steps]
 
 
 class StudyCaches:

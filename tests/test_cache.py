@@ -95,6 +95,21 @@ def test_a_delta_sync_asks_only_for_newer_and_unfinished_trials() -> None:
     assert cache.trial_bytes(4) == codec.encode_trial(trial(4, RUNNING))
 
 
+def test_an_unchanged_trial_is_not_encoded_again_even_with_a_nan_value() -> None:
+    table = Table()
+    running = trial(1, RUNNING)._replace(intermediate_values=[(0, float("nan")), (1, 0.5)])
+    table.put(running)
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+    first = cache.trial_bytes(1)
+    table.put(running._replace(intermediate_values=[(0, float("nan")), (1, 0.5)]))
+    cache.sync()
+    assert cache.trial_bytes(1) is first  # the very same bytes object: not re-encoded
+    table.put(running._replace(intermediate_values=[(0, float("nan")), (1, 0.25)]))
+    cache.sync()
+    assert cache.trial_bytes(1) != first
+
+
 def test_a_read_arriving_during_a_sync_waits_for_the_next_one() -> None:
     """The running sync began before the read arrived, so it may miss a write the
     reader already saw acknowledged: the read needs a sync that starts later."""
