@@ -110,12 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "version")}
     config = Config(**options)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from shardproxy.server import run
+    from shardproxy.server import LOG_FORMAT, run
+
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
     try:
         return run(config)

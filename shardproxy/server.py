@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
+import sys
 from typing import TYPE_CHECKING
 
 from shardproxy.config import Config
@@ -14,8 +16,12 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
 def run(config: Config) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    raise_open_file_limit()
     if config.workers == 1:
         # One worker needs no routing and no supervisor: serve right here.
         from shardproxy.supervisor import ensure_port_free
@@ -38,8 +44,27 @@ def run(config: Config) -> int:
     return supervisor.run()
 
 
+def raise_open_file_limit() -> None:
+    """Lifts the soft limit on open files to the hard one (workers inherit it).
+
+    Every idle client connection is a file; at a common soft limit of 1024 a
+    worker stops accepting connections, and opening database connections, at
+    about a thousand clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            _logger.warning("cannot raise the open-file limit above %d: %s", soft, exc)
+    _logger.info("open-file limit %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+
+
 def _run_worker(config: Config, spec: WorkerSpec) -> None:
     """Runs in the spawned worker process: only there are grpc and the worker imported."""
+    # A spawned process starts without the parent's logging set-up.
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     from shardproxy.worker import run_worker
 
     run_worker(config, spec)
