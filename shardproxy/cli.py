@@ -32,6 +32,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("retry-deadline", float, "seconds a transient database error is retried before failing"),
     ("cache-max-trials", int, "trials cached per worker before whole studies are evicted"),
     ("drain-timeout", float, "seconds in-flight RPCs may take to finish on SIGTERM"),
+    ("standbys", int, "idle processes kept booted to replace a crashed worker at once "
+     "(0: none; each costs the memory of an idle worker)"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FIELD_OF_FLAG = {"storage": "storage_url"}

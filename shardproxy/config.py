@@ -45,6 +45,9 @@ class Config:
     # studies are evicted beyond it.
     cache_max_trials: int = 2_000_000
     drain_timeout: float = 30.0
+    # Booted, idle worker processes that replace a crashed worker at once; without
+    # one a replacement first spends most of a second importing.
+    standbys: int = 1
     log_level: str = "INFO"
 
     def replace(self, **changes: object) -> Config:

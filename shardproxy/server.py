@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from shardproxy.config import Config
 
 if TYPE_CHECKING:
+    from shardproxy.store import Store
     from shardproxy.supervisor import WorkerSpec
 
 _logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def run(config: Config) -> int:
         host=config.host,
         port=config.port,
         drain_timeout=config.drain_timeout,
+        prepare=functools.partial(_prepare_worker, config),
+        standbys=config.standbys,
     )
     return supervisor.run()
 
@@ -61,10 +64,18 @@ def raise_open_file_limit() -> None:
     _logger.info("open-file limit %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
 
 
-def _run_worker(config: Config, spec: WorkerSpec) -> None:
-    """Runs in the spawned worker process: only there are grpc and the worker imported."""
+def _prepare_worker(config: Config) -> Store:
+    """Runs first in each spawned process (a standby's wait comes after it)."""
     # A spawned process starts without the parent's logging set-up.
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # Only here, in the spawned process, are grpc and the worker imported.
+    from shardproxy.worker import open_store
+
+    return open_store(config)
+
+
+def _run_worker(config: Config, spec: WorkerSpec) -> None:
+    """The worker for `spec`'s shard, on the store `_prepare_worker` opened."""
     from shardproxy.worker import run_worker
 
     run_worker(config, spec)

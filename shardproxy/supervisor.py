@@ -12,12 +12,22 @@ shard index, notes readiness, and kills workers whose heartbeat went stale. A
 worker that fails before it reported ready exits with `EXIT_BOOT_FAILURE`, and the
 supervisor then stops everything instead of restarting it forever.
 
-A worker is `target(spec)` called in the child's main thread with a `WorkerSpec`.
+Standbys: a spawned interpreter spends most of a second importing and connecting
+before it can serve. Every process first runs `prepare()` (the work that does not
+depend on the shard: imports, opening the database) and keeps its result in
+`spec.prepared`. Once all workers are ready the supervisor keeps `standbys` extra
+processes that have prepared and wait for a shard index; a fallen worker is
+replaced by a standby (and a new standby is spawned behind it), so a restart costs
+only the worker's shard-specific set-up. The idea is the spare servers of Apache's
+prefork and PHP-FPM; there is still no fork.
+
+A worker is `target(spec)` called in the child's main thread with a `WorkerSpec`,
+after `prepare()`.
 It calls `spec.notify_ready()` once it serves, `spec.heartbeat()` every
 `spec.heartbeat_interval` seconds from whatever proves it healthy, and returns once
 it has drained after SIGTERM: either through `spec.wait_for_stop()`, or through a
 SIGTERM handler of its own. The target must be picklable (a module-level function,
-or a `functools.partial` of one).
+or a `functools.partial` of one), and so must `prepare`.
 """
 
 from __future__ import annotations
@@ -51,6 +61,10 @@ EXIT_BOOT_FAILURE = 3  # a worker failed before it was ready (gunicorn's WORKER_
 _BOOT_POLL = 0.05  # readiness lives in shared memory and is polled while workers boot
 _STEADY_POLL = 0.5
 _PARENT_CHECK_INTERVAL = 1.0
+# A standby that died unused is replaced only after this pause: one that cannot even
+# import must not be respawned in a hot loop (restarts then start cold, as before).
+_STANDBY_RETRY_PAUSE = 5.0
+STANDBY_PROCESS_NAME = "shardproxy-idle"  # a standby in ps/top, until it has a shard
 
 
 # -- the port ----------------------------------------------------------------------
@@ -161,6 +175,10 @@ class _StopFlag:
             self.is_set = True
             os.write(self._write, b"\0")
 
+    def fileno(self) -> int:
+        """Readable once set."""
+        return self._read
+
     def wait(self, timeout: float | None) -> bool:
         poll = select.poll()
         poll.register(self._read, select.POLLIN)
@@ -182,7 +200,19 @@ class WorkerSpec:
     heartbeat_interval: float | None
     supervisor_pid: int
     status: WorkerStatus = field(repr=False, compare=False)
+    # A standby's end of the pipe its shard index arrives on (shard_index is -1 until
+    # then); None for a worker started for its shard.
+    assignment: multiprocessing.connection.Connection | None = field(
+        default=None, repr=False, compare=False
+    )
+    # What `prepare()` returned in this process.
+    prepared: Any = field(default=None, init=False, repr=False, compare=False)
     _stop: _StopFlag | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def role(self) -> str:
+        """For logs: "worker N", or "standby" while it waits for a shard."""
+        return "standby" if self.shard_index < 0 else f"worker {self.shard_index}"
 
     @property
     def socket_path(self) -> str:
@@ -213,25 +243,61 @@ class WorkerSpec:
 # -- the worker process's side -----------------------------------------------------------
 
 
-def _worker_main(target: Callable[[WorkerSpec], None], spec: WorkerSpec) -> None:
+def _worker_main(
+    target: Callable[[WorkerSpec], None],
+    prepare: Callable[[], Any] | None,
+    spec: WorkerSpec,
+) -> None:
     """The child's entry point: wires stopping and parent death, runs the target, exits."""
     stop = spec._stop_flag()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_supervisor(spec)
-    os._exit(_run_target(target, spec))
+    os._exit(_run_target(target, prepare, spec))
 
 
-def _run_target(target: Callable[[WorkerSpec], None], spec: WorkerSpec) -> int:
+def _wait_for_shard(spec: WorkerSpec) -> bool:
+    """A standby waits for its shard index; False if told to stop first."""
+    assert spec.assignment is not None
+    stop = spec._stop_flag()
+    ready = multiprocessing.connection.wait([spec.assignment, stop.fileno()])
+    if stop.is_set or stop.fileno() in ready:
+        return False
     try:
+        spec.shard_index = int(spec.assignment.recv())
+    except EOFError:  # the supervisor is gone
+        return False
+    finally:
+        spec.assignment.close()
+    return True
+
+
+def name_process(name: str) -> None:
+    """Sets /proc/PID/comm (what ps and top show; at most 15 bytes are kept)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux: the name is a convenience only
+
+
+def _run_target(
+    target: Callable[[WorkerSpec], None], prepare: Callable[[], Any] | None, spec: WorkerSpec
+) -> int:
+    standby = spec.assignment is not None
+    if standby:
+        name_process(STANDBY_PROCESS_NAME)
+    try:
+        if prepare is not None:
+            spec.prepared = prepare()
+        if standby and not _wait_for_shard(spec):
+            return 0  # stopped, or the supervisor left, before it was needed
         target(spec)
         code = 0
     except BaseException:
-        ready = spec.status.is_ready(spec.shard_index)
-        _logger.exception(
-            "worker %d %s", spec.shard_index, "failed" if ready else "failed to start"
-        )
+        ready = spec.shard_index >= 0 and spec.status.is_ready(spec.shard_index)
+        _logger.exception("%s %s", spec.role, "failed" if ready else "failed to start")
         code = 1 if ready else EXIT_BOOT_FAILURE
     # os._exit skips interpreter shutdown (a stray non-daemon thread must not keep a
     # drained worker alive), so flush what would otherwise be lost.
@@ -275,13 +341,11 @@ def _watch_supervisor(spec: WorkerSpec, sentinel: int | None) -> None:
             time.sleep(_PARENT_CHECK_INTERVAL)
         elif multiprocessing.connection.wait([sentinel], _PARENT_CHECK_INTERVAL):
             break  # the supervisor's end of the pipe closed: it is gone
-    _logger.warning("worker %d: supervisor gone, stopping", spec.shard_index)
+    _logger.warning("%s: supervisor gone, stopping", spec.role)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(spec.drain_timeout)
     _logger.error(
-        "worker %d: not drained %.1f s after the supervisor left",
-        spec.shard_index,
-        spec.drain_timeout,
+        "%s: not drained %.1f s after the supervisor left", spec.role, spec.drain_timeout
     )
     os._exit(1)
 
@@ -302,9 +366,13 @@ class Supervisor:
         drain_timeout: float = 30.0,
         heartbeat_timeout: float | None = None,
         ready_callback: Callable[[], None] | None = None,
+        prepare: Callable[[], Any] | None = None,
+        standbys: int = 1,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if standbys < 0:
+            raise ValueError(f"standbys must not be negative, got {standbys}")
         self.target = target
         self.workers = workers
         self.host = host
@@ -312,10 +380,15 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.ready_callback = ready_callback
+        self.prepare = prepare
+        self.standbys = standbys
         self.ready = threading.Event()  # set once all workers first reported ready
         self._context = multiprocessing.get_context("spawn")
         self._status = WorkerStatus(self._context, workers)
         self._processes: dict[int, SpawnProcess] = {}
+        # Standbys, oldest first, each with the supervisor's end of its assignment pipe.
+        self._standbys: list[tuple[SpawnProcess, multiprocessing.connection.Connection]] = []
+        self._standby_due: float | None = None  # when to start the missing standbys
         self._announced: set[int] = set()  # shards whose current process was logged ready
         self._lock = threading.Lock()  # guards _processes for worker_pids()
         self._signals: collections.deque[int] = collections.deque()
@@ -360,6 +433,11 @@ class Supervisor:
         """Shard index → pid of its current process."""
         with self._lock:
             return {shard: p.pid for shard, p in self._processes.items() if p.pid is not None}
+
+    def standby_pids(self) -> list[int]:
+        """The standbys waiting for a shard, the next to be used first."""
+        with self._lock:
+            return [p.pid for p, _ in self._standbys if p.pid is not None]
 
     # -- signals ---------------------------------------------------------------------
 
@@ -411,6 +489,8 @@ class Supervisor:
             self._reap()
             self._note_ready()
             self._kill_stale()
+            self._reap_standbys()
+            self._start_standbys()
 
     def _sleep(self) -> None:
         """Until a worker exits, a signal arrives, or it is time to poll again."""
@@ -420,17 +500,49 @@ class Supervisor:
             timeout = _BOOT_POLL
         else:
             timeout = _STEADY_POLL
+        if self._standby_due is not None and self._stop_deadline is None:
+            timeout = max(0.0, min(timeout, self._standby_due - time.monotonic()))
         with self._lock:
             sentinels: list[int] = [p.sentinel for p in self._processes.values()]
+            sentinels += [p.sentinel for p, _ in self._standbys]
         if multiprocessing.connection.wait([*sentinels, self._wake_read], timeout):
             with contextlib.suppress(BlockingIOError):
                 os.set_blocking(self._wake_read, False)
                 os.read(self._wake_read, 4096)
 
-    def _spawn(self, shard: int) -> None:
+    def _start(self, shard: int) -> None:
+        """Starts a worker for `shard`: a standby if one is left, else a new process."""
         self._status.reset(shard)
+        while self._standbys:
+            with self._lock:
+                process, assignment = self._standbys.pop(0)
+            try:
+                assignment.send(shard)
+            except OSError:  # it died a moment ago; reaped like any other process
+                process.kill()
+                process.join(5.0)
+                process.close()
+                continue
+            finally:
+                assignment.close()
+            with self._lock:
+                self._processes[shard] = process
+            self._announced.discard(shard)
+            _logger.info("worker %d started from a standby (pid %d)", shard, process.pid)
+            self._standby_due = time.monotonic()  # its replacement
+            return
+        self._spawn(shard)
+
+    def _spawn(self, shard: int) -> None:
+        process = self._new_process(self._spec(shard), f"shardproxy-worker-{shard}")
+        with self._lock:
+            self._processes[shard] = process
+        self._announced.discard(shard)
+        _logger.info("worker %d started (pid %d)", shard, process.pid)
+
+    def _spec(self, shard: int) -> WorkerSpec:
         interval = None if self.heartbeat_timeout is None else self.heartbeat_timeout / 3
-        spec = WorkerSpec(
+        return WorkerSpec(
             shard_index=shard,
             shard_count=self.workers,
             host=self.host,
@@ -443,14 +555,47 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             status=self._status,
         )
+
+    def _new_process(self, spec: WorkerSpec, name: str) -> SpawnProcess:
         process = self._context.Process(
-            target=_worker_main, args=(self.target, spec), name=f"shardproxy-worker-{shard}"
+            target=_worker_main, args=(self.target, self.prepare, spec), name=name
         )
         process.start()
-        with self._lock:
-            self._processes[shard] = process
-        self._announced.discard(shard)
-        _logger.info("worker %d started (pid %d)", shard, process.pid)
+        return process
+
+    # -- standbys ----------------------------------------------------------------------
+
+    def _start_standbys(self) -> None:
+        if self._standby_due is None or time.monotonic() < self._standby_due:
+            return
+        self._standby_due = None
+        while len(self._standbys) < self.standbys:
+            receive, send = self._context.Pipe(duplex=False)
+            spec = self._spec(-1)
+            spec.assignment = receive
+            process = self._new_process(spec, "shardproxy-standby")
+            receive.close()  # the child has its own copy now
+            with self._lock:
+                self._standbys.append((process, send))
+            _logger.debug("standby started (pid %d)", process.pid)
+
+    def _reap_standbys(self) -> None:
+        for entry in list(self._standbys):
+            process, assignment = entry
+            if process.exitcode is None:
+                continue
+            with self._lock:
+                self._standbys.remove(entry)
+            assignment.close()
+            if self._stop_deadline is None:
+                _logger.warning(
+                    "standby (pid %s) %s before it was needed; another starts in %.0f s",
+                    process.pid,
+                    _describe(process.exitcode),
+                    _STANDBY_RETRY_PAUSE,
+                )
+                self._standby_due = time.monotonic() + _STANDBY_RETRY_PAUSE
+            process.close()
 
     def _reap(self) -> None:
         for shard, process in list(self._processes.items()):
@@ -465,7 +610,7 @@ class Supervisor:
             _logger.warning(
                 "worker %d (pid %s) %s; restarting it", shard, pid, _describe(exit_code)
             )
-            self._spawn(shard)
+            self._start(shard)
 
     def _note_ready(self) -> None:
         for shard in self._processes:
@@ -475,6 +620,8 @@ class Supervisor:
         if not self.ready.is_set() and len(self._announced) == self.workers:
             _logger.info("all %d workers ready on %s:%d", self.workers, self.host, self.port)
             self.ready.set()
+            # Only now: standbys booting beside the workers would slow their start.
+            self._standby_due = time.monotonic()
             if self.ready_callback is not None:
                 self.ready_callback()
 
@@ -511,7 +658,8 @@ class Supervisor:
         for shard, process in list(self._processes.items()):
             if process.exitcode is not None:
                 self._forget(shard)
-        if not self._processes:
+        self._reap_standbys()
+        if not self._processes and not self._standbys:
             _logger.info("all workers stopped")
             return True
         assert self._stop_deadline is not None
@@ -522,7 +670,7 @@ class Supervisor:
         return True
 
     def _signal_all(self, signum: int) -> None:
-        for process in self._processes.values():
+        for process in [*self._processes.values(), *(p for p, _ in self._standbys)]:
             if process.pid is not None and process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
@@ -533,6 +681,15 @@ class Supervisor:
                 process.kill()
             process.join(5.0)
             self._forget(shard)
+        with self._lock:
+            standbys, self._standbys = self._standbys, []
+        for process, assignment in standbys:
+            assignment.close()
+            if process.exitcode is None:
+                process.kill()
+            process.join(5.0)
+            with contextlib.suppress(ValueError):
+                process.close()
 
     def _forget(self, shard: int) -> None:
         with self._lock:

@@ -9,14 +9,12 @@ a fork.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,9 +27,7 @@ from shardproxy.metrics import Metrics
 from shardproxy.routing import ForwardClient, ForwardServer, TrialStudyMap, owner_of
 from shardproxy.service import METHODS, Service
 from shardproxy.store import Store
-
-if TYPE_CHECKING:
-    from shardproxy.supervisor import WorkerSpec
+from shardproxy.supervisor import WorkerSpec, name_process
 
 _logger = logging.getLogger(__name__)
 
@@ -51,18 +47,25 @@ class Shard:
     peer_socket_paths: list[str] = field(default_factory=list)
 
 
+def open_store(config: Config) -> Store:
+    """Opens the database and checks its schema: the part of a worker no shard changes."""
+    return Store(
+        config.storage_url,
+        pool_size=config.db_pool_size,
+        max_batch=config.max_batch,
+        retry_deadline=config.retry_deadline,
+        commit_window=config.commit_window,
+    )
+
+
 class Worker:
-    def __init__(self, config: Config, shard: Shard | None = None) -> None:
+    def __init__(
+        self, config: Config, shard: Shard | None = None, store: Store | None = None
+    ) -> None:
+        """`store`: one `open_store(config)` made ahead (a standby's); else opened here."""
         self.config = config
         self.shard = shard or Shard()
-        self.store = Store(
-            config.storage_url,
-            pool_size=config.db_pool_size,
-            max_batch=config.max_batch,
-            retry_deadline=config.retry_deadline,
-            commit_window=config.commit_window,
-        )
-        store = self.store
+        self.store = store = store or open_store(config)
         self.caches = StudyCaches(
             lambda study_id, id_greater_than, ids: store.load_trials(
                 study_id, id_greater_than=id_greater_than, ids=ids
@@ -191,9 +194,10 @@ def run_worker(config: Config, spec: WorkerSpec) -> None:
     The supervisor's child entry point turns SIGTERM (and the supervisor's death)
     into `spec.wait_for_stop()` returning True; the worker then drains.
     """
-    _name_process(f"shardproxy-w{spec.shard_index}")
+    name_process(f"shardproxy-w{spec.shard_index}")
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
-    worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard)
+    store = spec.prepared if isinstance(spec.prepared, Store) else None
+    worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard, store)
     worker.start()
     spec.notify_ready()
     interval = spec.heartbeat_interval
@@ -201,12 +205,3 @@ def run_worker(config: Config, spec: WorkerSpec) -> None:
         spec.heartbeat()
     _logger.info("worker %d draining", shard.index)
     worker.stop()
-
-
-def _name_process(name: str) -> None:
-    """Shows the shard in `ps`/`top` (/proc/PID/comm), where all workers look alike."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass  # not Linux: the name is a convenience only

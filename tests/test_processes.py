@@ -41,10 +41,6 @@ def children_by_name(pid: int) -> dict[str, int]:
     return found
 
 
-def all_children(pid: int) -> set[int]:
-    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def wait_until(condition, timeout: float, interval: float = 0.02):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,12 +53,13 @@ def wait_until(condition, timeout: float, interval: float = 0.02):  # type: igno
 
 @contextlib.contextmanager
 def serve(
-    url: str, workers: int, port: int | None = None
+    url: str, workers: int, port: int | None = None, options: tuple[str, ...] = ()
 ) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`shardproxy serve` in a subprocess, once every worker answers; `options` added."""
     port = port or free_port()
     command = [sys.executable, "-m", "shardproxy", "serve", "--storage", url, "--host",
                "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--drain-timeout", "20", "--log-level", "WARNING"]
+               "--drain-timeout", "20", "--log-level", "WARNING", *options]
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(command, stderr=log, text=True)
     try:
@@ -140,17 +137,14 @@ def test_killed_worker_is_replaced_and_no_acknowledged_write_is_lost(mariadb_url
             thread.start()
         time.sleep(2.0)
         victim = children_by_name(process.pid)["shardproxy-w1"]
-        before = all_children(process.pid)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         victim_killed.set()
-        # The supervisor's part: a new process, started within a second...
-        assert wait_until(lambda: all_children(process.pid) - before, 5)
-        restart_seconds = time.monotonic() - killed_at
-        # ...which takes over shard 1 once it has imported and connected.
+        # A standby (booted, connected) takes over shard 1.
         replacement = wait_until(
             lambda: children_by_name(process.pid).get("shardproxy-w1") not in (None, victim), 30
         )
+        restart_seconds = time.monotonic() - killed_at
         time.sleep(2.0)
         stop.set()
         for thread in threads:

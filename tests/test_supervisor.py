@@ -9,6 +9,7 @@ in a subprocess.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -26,6 +27,7 @@ import pytest
 
 from shardproxy.supervisor import (
     EXIT_BOOT_FAILURE,
+    STANDBY_PROCESS_NAME,
     PortInUseError,
     Supervisor,
     WorkerSpec,
@@ -41,8 +43,8 @@ BOUND = 60.0  # every wait in these tests ends; none of them is a speed claim
 def line_server(spec: WorkerSpec) -> None:
     """Serves the shared port until told to stop, then finishes what is in flight.
 
-    Lines: `whoami` → "<shard> <pid> <socket path> <peer count>"; `work S` →
-    "started", S seconds later "done".
+    Lines: `whoami` → "<shard> <pid> <socket path> <peer count> <prepared>"; `work S`
+    → "started", S seconds later "done".
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -69,13 +71,30 @@ def _answer_lines(spec: WorkerSpec, conn: socket.socket) -> None:
             command, *args = line.split()
             if command == "whoami":
                 paths = spec.peer_socket_paths
-                stream.write(f"{spec.shard_index} {os.getpid()} {spec.socket_path} {len(paths)}\n")
+                stream.write(
+                    f"{spec.shard_index} {os.getpid()} {spec.socket_path} {len(paths)} "
+                    f"{spec.prepared}\n"
+                )
             elif command == "work":
                 stream.write("started\n")
                 stream.flush()
                 time.sleep(float(args[0]))
                 stream.write("done\n")
             stream.flush()
+
+
+def note_pid_and_time(directory: Path) -> str:
+    """A `prepare`: which process ran it, and when (CLOCK_MONOTONIC is machine-wide).
+
+    Also leaves a file named after the pid in `directory`, for the test to see it done.
+    """
+    note = f"{os.getpid()}@{time.monotonic()}"
+    (directory / str(os.getpid())).write_text(note)
+    return note
+
+
+def fails_to_prepare() -> None:
+    raise RuntimeError("cannot reach the database")
 
 
 def fails_to_boot(spec: WorkerSpec) -> None:
@@ -214,7 +233,7 @@ def test_all_workers_serve_the_shared_port(supervise: Callable[..., Running]) ->
     port = running.supervisor.port
     answers: dict[int, list[str]] = {}
     for _ in range(300):  # the kernel spreads connections over the workers
-        shard, pid, path, peers = ask(port, "whoami").split()
+        shard, pid, path, peers, _ = ask(port, "whoami").split()
         answers[int(shard)] = [pid, path, peers]
         if len(answers) == 3:
             break
@@ -227,10 +246,11 @@ def test_all_workers_serve_the_shared_port(supervise: Callable[..., Running]) ->
     assert not paths[0].parent.exists()  # the private socket directory is removed
 
 
+@pytest.mark.parametrize("standbys", [1, 0])
 def test_killed_worker_comes_back_with_its_shard_and_the_others_are_untouched(
-    supervise: Callable[..., Running],
+    supervise: Callable[..., Running], standbys: int
 ) -> None:
-    running = supervise(line_server, workers=3)
+    running = supervise(line_server, workers=3, standbys=standbys)
     before = running.wait_ready()
     os.kill(before[1], signal.SIGKILL)
     wait_until(lambda: running.supervisor.worker_pids().get(1) not in (None, before[1]), "respawn")
@@ -243,6 +263,86 @@ def test_killed_worker_comes_back_with_its_shard_and_the_others_are_untouched(
     )
     running.supervisor.enqueue_signal(signal.SIGTERM)
     assert running.exit_code() == 0
+
+
+# -- standbys -----------------------------------------------------------------------
+
+
+def wait_for_standby(running: Running, other_than: int = 0) -> int:
+    wait_until(
+        lambda: [p for p in running.supervisor.standby_pids() if p != other_than], "a standby"
+    )
+    return running.supervisor.standby_pids()[0]
+
+
+def test_a_standby_prepared_ahead_takes_the_place_of_a_killed_worker(
+    supervise: Callable[..., Running], tmp_path: Path
+) -> None:
+    running = supervise(line_server, prepare=functools.partial(note_pid_and_time, tmp_path))
+    before = running.wait_ready()
+    standby = wait_for_standby(running)
+    assert standby not in before.values()
+    wait_until((tmp_path / str(standby)).exists, "the standby prepared")
+    killed_at = time.monotonic()
+    os.kill(before[1], signal.SIGKILL)
+    wait_until(lambda: running.supervisor.worker_pids().get(1) == standby, "standby takes over")
+    assert running.supervisor.worker_pids()[0] == before[0]
+    port = running.supervisor.port
+    answers: list[list[str]] = []
+    wait_until(lambda: answers.append(ask(port, "whoami").split()) or answers[-1][0] == "1",
+               "shard 1 answers")
+    shard, pid, path, peers, prepared = answers[-1]
+    # The standby had prepared in its own process before the worker it replaces died,
+    # and the worker got the shard's own socket path and peer count.
+    prepared_pid, prepared_at = prepared.split("@")
+    assert int(pid) == int(prepared_pid) == standby
+    assert float(prepared_at) < killed_at
+    assert path.endswith("shard-1.sock") and peers == "2"
+    # A new standby waits behind it.
+    assert wait_for_standby(running, other_than=standby) not in (standby, before[0])
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_standbys_start_after_the_workers_and_stop_with_them(
+    supervise: Callable[..., Running],
+) -> None:
+    running = supervise(line_server, standbys=2)
+    workers = running.wait_ready()
+    wait_until(lambda: len(running.supervisor.standby_pids()) == 2, "two standbys")
+    standbys = running.supervisor.standby_pids()
+    assert not set(standbys) & set(workers.values())
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+    assert all(process_gone(pid) for pid in [*standbys, *workers.values()])
+
+
+def test_a_standby_that_dies_unused_is_replaced_after_a_pause(
+    supervise: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shardproxy.supervisor._STANDBY_RETRY_PAUSE", 0.5)
+    running = supervise(line_server)
+    workers = running.wait_ready()
+    standby = wait_for_standby(running)
+    os.kill(standby, signal.SIGKILL)
+    assert wait_for_standby(running, other_than=standby) != standby
+    assert "before it was needed" in caplog.text
+    assert running.supervisor.worker_pids() == workers  # the workers never noticed
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_a_failing_prepare_is_a_boot_failure(
+    supervise: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    running = supervise(line_server, prepare=fails_to_prepare)
+    assert running.exit_code() == EXIT_BOOT_FAILURE
+    assert "failed to start" in caplog.text
+    assert "cannot reach the database" in capfd.readouterr().err  # the worker's own log
 
 
 def test_sigterm_lets_a_request_in_flight_finish_then_exits_zero(
@@ -373,9 +473,20 @@ def test_real_sigterm_drains_and_exits_zero() -> None:
         assert all(process_gone(pid) for pid in pids)
 
 
+def children(pid: int) -> dict[int, str]:
+    """Child pid → process name (/proc/PID/comm)."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
+    return found
+
+
 def test_killing_the_supervisor_takes_its_workers_down() -> None:
     with supervisor_process() as (process, port, pids):
         assert len(pids) == 2
+        wait_until(lambda: STANDBY_PROCESS_NAME in children(process.pid).values(), "a standby")
+        pids = list(children(process.pid))  # the standby must go too
         process.kill()
         process.wait(BOUND)
         wait_until(lambda: all(process_gone(pid) for pid in pids), "orphaned workers exit")
