@@ -42,6 +42,18 @@ def _processes() -> dict[int, tuple[int, str, float]]:
     return table
 
 
+def tree_names(root: int) -> dict[int, str]:
+    """pid -> command name of `root` and its descendants."""
+    table = _processes()
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in found:
+            found[pid] = table[pid][1]
+            todo.extend(p for p, (parent, _, _) in table.items() if parent == pid)
+    return found
+
+
 def tree_cpu_seconds(roots: Iterable[int]) -> float:
     """User+sys CPU seconds of `roots` and all their descendants."""
     table = _processes()

@@ -89,21 +89,9 @@ WARM_UP_CALLS = 512  # concurrent GetAllStudies to grow the worker thread pools 
 # -- the proxy tree in /proc -------------------------------------------------------
 
 
-def tree(root: int) -> dict[int, str]:
-    """pid -> command name of `root` and its descendants."""
-    table = counters._processes()
-    found, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table and pid not in found:
-            found[pid] = table[pid][1]
-            todo.extend(p for p, (parent, _, _) in table.items() if parent == pid)
-    return found
-
-
 def workers(root: int) -> dict[int, int]:
     """Worker shard index -> pid (workers name themselves `shardproxy-w<index>`)."""
-    return {int(name[len("shardproxy-w"):]): pid for pid, name in tree(root).items()
+    return {int(name[len("shardproxy-w"):]): pid for pid, name in counters.tree_names(root).items()
             if name.startswith("shardproxy-w")}
 
 
@@ -127,7 +115,7 @@ def label(pid: int, name: str, root: int) -> str:
 
 def tree_rss(root: int) -> dict[str, Any]:
     per_process = {}
-    for pid, name in tree(root).items():
+    for pid, name in counters.tree_names(root).items():
         with contextlib.suppress(OSError):
             per_process[label(pid, name, root)] = rss_kib(pid)
     return {"total_kib": sum(per_process.values()), "processes": per_process}

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from bench import counters
+from shardproxy.supervisor import STANDBY_PROCESS_NAME
+
 PROXIES = ("shardproxy", "stock", "echo")
 SYSTEMS = ("shardproxy", "stock", "direct", "echo")
 HOST = "127.0.0.1"
@@ -98,6 +101,24 @@ def _wait_ready(proxy: RunningProxy, stderr_path: str) -> None:
                                   f"{_tail(stderr_path)}")
 
 
+def _wait_settled(proxy: RunningProxy, workers: int, stderr_path: str) -> None:
+    """Until every worker is named and the standby has prepared (it names itself then).
+
+    A standby boots once all workers are ready; its import and connect CPU must not
+    fall into the measured window.
+    """
+    deadline = time.monotonic() + READY_LIMIT
+    while True:
+        names = list(counters.tree_names(proxy.process.pid).values())
+        named = sum(n.startswith("shardproxy-w") for n in names)
+        if named == workers and STANDBY_PROCESS_NAME in names:
+            return
+        if proxy.process.poll() is not None or time.monotonic() > deadline:
+            raise Unavailable(f"{proxy.name}: workers or standby did not come up: "
+                              f"{sorted(names)} {_tail(stderr_path)}")
+        time.sleep(0.05)
+
+
 def _tail(path: str, lines: int = 3) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -140,6 +161,8 @@ def running_proxy(name: str, storage_url: str, options: ProxyOptions) -> Iterato
     proxy = RunningProxy(name, port, process)
     try:
         _wait_ready(proxy, stderr_path)
+        if name == "shardproxy" and options.workers > 1:
+            _wait_settled(proxy, options.workers, stderr_path)
         yield proxy
     finally:
         stop(process)

@@ -64,7 +64,8 @@ _PARENT_CHECK_INTERVAL = 1.0
 # A standby that died unused is replaced only after this pause: one that cannot even
 # import must not be respawned in a hot loop (restarts then start cold, as before).
 _STANDBY_RETRY_PAUSE = 5.0
-STANDBY_PROCESS_NAME = "shardproxy-idle"  # a standby in ps/top, until it has a shard
+# A standby's name in ps/top once it has prepared, until it is given a shard.
+STANDBY_PROCESS_NAME = "shardproxy-idle"
 
 
 # -- the port ----------------------------------------------------------------------
@@ -286,11 +287,11 @@ def _run_target(
     target: Callable[[WorkerSpec], None], prepare: Callable[[], Any] | None, spec: WorkerSpec
 ) -> int:
     standby = spec.assignment is not None
-    if standby:
-        name_process(STANDBY_PROCESS_NAME)
     try:
         if prepare is not None:
             spec.prepared = prepare()
+        if standby:
+            name_process(STANDBY_PROCESS_NAME)  # only now: ps shows it ready to take over
         if standby and not _wait_for_shard(spec):
             return 0  # stopped, or the supervisor left, before it was needed
         target(spec)
