@@ -455,13 +455,13 @@ def _listen_unix(path: str) -> socket.socket:
 class ForwardClient:
     """Calls a `ForwardServer` at `path`; thread-safe.
 
-    Connects lazily and keeps up to `max_idle` idle connections. A pooled connection
-    whose peer has gone fails on write, before anything was delivered, and the call is
-    retried once on a fresh connection; that is how a restarted peer is picked up. A
-    call that fails after its request was sent is never retried (the peer may have
-    acted on it). While the peer is down, connecting is retried for up to
-    `connect_timeout` seconds (a restarting worker is usually back within that), then
-    `ForwardError` is raised.
+    Connects lazily and keeps up to `max_idle` idle connections. A connection whose
+    peer has gone fails on write, before anything was delivered (a peer acts only on
+    whole frames), and the call moves to a fresh connection; that is how a restarted
+    peer is picked up. A call that fails after its request was sent is never retried
+    here (the peer may have acted on it). While the peer is down, connecting (and
+    sending on the new connection) is retried for up to `connect_timeout` seconds (a
+    restarting worker is usually back within that), then `ForwardError` is raised.
     """
 
     def __init__(
@@ -534,20 +534,30 @@ class ForwardClient:
             except BaseException:
                 channel.close()
                 raise
-        channel = self._connect(deadline)
-        try:
-            channel.send_frame(request_id, method_index, request, deadline)
-        except BaseException as exc:
-            channel.close()
-            if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
-                raise ForwardError(f"peer {self.path} dropped the connection: {exc}") from exc
-            raise
-        return channel
-
-    def _connect(self, deadline: float | None) -> _Channel:
         give_up = time.monotonic() + self._connect_timeout
         if deadline is not None:
             give_up = min(give_up, deadline)
+        while True:
+            channel = self._connect(give_up)
+            try:
+                channel.send_frame(request_id, method_index, request, deadline)
+                return channel
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # The peer accepted, then died before it read: nothing was delivered,
+                # so even a write may go to its replacement.
+                channel.close()
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    raise ForwardError(
+                        f"peer {self.path} dropped the connection: {exc}"
+                    ) from exc
+                time.sleep(min(_RECONNECT_PAUSE, remaining))
+            except BaseException:
+                channel.close()
+                raise
+
+    def _connect(self, give_up: float) -> _Channel:
+        """A new connection, retried while the peer is not listening until `give_up`."""
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

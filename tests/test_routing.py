@@ -4,10 +4,12 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -390,6 +392,38 @@ def test_client_reconnects_after_the_peer_was_killed(socket_dir: str) -> None:
     client.close()
     assert replies[0] != replies[1]
     assert [status for status, _ in replies] == [0, 0]
+
+
+def test_a_request_the_dying_peer_never_read_goes_to_its_replacement(
+    serve: Callable[..., ForwardServer], socket_dir: str
+) -> None:
+    # The first peer accepts, reads nothing and goes away while the request (bigger
+    # than the socket buffer) is being written: the send fails, nothing was
+    # delivered, so even a write may go to the replacement that binds the path next.
+    path = os.path.join(socket_dir, "peer.sock")
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dying.bind(path)
+    dying.listen()
+    seen: list[tuple[int, int]] = []
+
+    def die_then_replace() -> None:
+        conn, _ = dying.accept()
+        time.sleep(0.2)  # the client is blocked in sendall by now
+        conn.close()
+        dying.close()
+        os.unlink(path)
+        serve(lambda method, request: (seen.append((method, len(request))), (0, b"ok"))[1])
+
+    replacer = threading.Thread(target=die_then_replace)
+    replacer.start()
+    client = ForwardClient(path, connect_timeout=10)
+    try:
+        request = b"w" * (8 << 20)
+        assert client.call(11, request, timeout=30) == (0, b"ok")
+    finally:
+        replacer.join(30)
+        client.close()
+    assert seen == [(11, len(request))]  # delivered once, whole
 
 
 def test_oversized_messages_are_refused(serve: Callable[..., ForwardServer]) -> None:
