@@ -40,6 +40,7 @@ from shardproxy.rows import (
     wire_datetime,
 )
 from shardproxy.store.batch import Witness
+from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import (
     studies,
     study_directions,
@@ -201,21 +202,21 @@ def load_trials(
     parts = sql_chunks(older, MAX_IN_LIST) or [[]]
     params: dict[str, Any] = {"sid": study_id, "gt": id_greater_than}
     if parts[0]:
-        result = conn.execute(_DELTA_AND_IDS, {**params, "ids": list(parts[0])})
+        result = _DELTA_AND_IDS.execute(conn, {**params, "ids": list(parts[0])})
     else:
-        result = conn.execute(_DELTA, params)
+        result = _DELTA.execute(conn, params)
     rows, found = _assemble(result)
     if not found:
         raise KeyError(NOT_FOUND)
     for part in parts[1:]:
-        rows.extend(_assemble(conn.execute(_IDS, {"sid": study_id, "ids": list(part)}))[0])
+        rows.extend(_assemble(_IDS.execute(conn, {"sid": study_id, "ids": list(part)}))[0])
     if len(parts) > 1:
         rows.sort(key=lambda row: row.trial_id)
     return rows
 
 
 def load_trial(conn: Connection, trial_id: int) -> TrialRow:
-    rows, _ = _assemble(conn.execute(_ONE_TRIAL, {"trial_id": trial_id}))
+    rows, _ = _assemble(_ONE_TRIAL.execute(conn, {"trial_id": trial_id}))
     if not rows:
         raise KeyError(NOT_FOUND)
     return rows[0]
@@ -324,7 +325,9 @@ def witness_present(conn: Connection, witness: Witness) -> bool:
 _IN_STUDY = trials.c.study_id == bindparam("sid")
 _NEWER = and_(trials.c.trial_id > bindparam("gt"), _IN_STUDY)
 _LISTED = and_(trials.c.trial_id.in_(bindparam("ids", expanding=True)), _IN_STUDY)
-_DELTA = _union(_NEWER, with_study=True)
-_DELTA_AND_IDS = _union(or_(_NEWER, _LISTED), with_study=True)
-_IDS = _union(_LISTED, with_study=False)
-_ONE_TRIAL = _union(trials.c.trial_id == bindparam("trial_id"), with_study=False)
+# Prepared: every read of a trial runs one of these, and deriving the cache key of a
+# six-part UNION costs SQLAlchemy more than the database needs to answer it.
+_DELTA = Prepared(_union(_NEWER, with_study=True))
+_DELTA_AND_IDS = Prepared(_union(or_(_NEWER, _LISTED), with_study=True), expanding=["ids"])
+_IDS = Prepared(_union(_LISTED, with_study=False), expanding=["ids"])
+_ONE_TRIAL = Prepared(_union(trials.c.trial_id == bindparam("trial_id"), with_study=False))
