@@ -62,7 +62,7 @@ _BOOT_POLL = 0.05  # readiness lives in shared memory and is polled while worker
 _STEADY_POLL = 0.5
 _PARENT_CHECK_INTERVAL = 1.0
 # A standby that died unused is replaced only after this pause: one that cannot even
-# import must not be respawned in a hot loop (restarts then start cold, as before).
+# import must not be respawned in a hot loop (meanwhile a restart starts cold).
 _STANDBY_RETRY_PAUSE = 5.0
 # A standby's name in ps/top once it has prepared, until it is given a shard.
 STANDBY_PROCESS_NAME = "shardproxy-idle"
