@@ -35,8 +35,9 @@ beside it. A second full read shows whether the growth repeats.
 
 At the open-file limit (part `limit`). The idle-connection measurement again, with
 the proxy started under a soft RLIMIT_NOFILE of `--limit-nofile` (1024 is the usual
-default on Linux); the proxy does not raise its own limit, so this is what a worker
-does when it runs out of file descriptors.
+default on Linux). `shardproxy serve` raises its soft limit to the hard one before
+it starts workers; this part checks that the workers got it and hold every
+connection (before it did, a worker stopped accepting at about a thousand).
 
 Bounded: every wait has a limit, a client process stops opening at its first wave
 that fails, and the proxy (its own process group) and the client processes are
@@ -755,8 +756,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [
             f"## At a soft open-file limit of {soft}", "",
             f"The same idle-connection measurement with the proxy started under a soft "
-            f"RLIMIT_NOFILE of {soft} (1024 is the usual default soft limit on Linux; the "
-            "proxy does not raise its own).",
+            f"RLIMIT_NOFILE of {soft} (1024 is the usual default soft limit on Linux): "
+            "`shardproxy serve` raises it to the hard limit for its workers.",
             "", *_idle_lines(data["limit"])]
     return "\n".join(lines)
 
