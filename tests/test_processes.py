@@ -25,6 +25,7 @@ import sqlalchemy
 from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
+from shardproxy.supervisor import STANDBY_PROCESS_NAME
 from tests.proxies import free_port, proxy_client
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,15 @@ def children_by_name(pid: int) -> dict[str, int]:
             if name.startswith("shardproxy-w"):
                 found[name] = int(child)
     return found
+
+
+def standby_prepared(pid: int) -> bool:
+    """Whether the supervisor `pid` has a standby ready (it names itself then)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{child}/comm").read_text().strip() == STANDBY_PROCESS_NAME:
+                return True
+    return False
 
 
 def wait_until(condition, timeout: float, interval: float = 0.02):  # type: ignore[no-untyped-def]
@@ -136,6 +146,7 @@ def test_killed_worker_is_replaced_and_no_acknowledged_write_is_lost(mariadb_url
         for thread in threads:
             thread.start()
         time.sleep(2.0)
+        assert wait_until(lambda: standby_prepared(process.pid), 60), "no standby"
         victim = children_by_name(process.pid)["shardproxy-w1"]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()

@@ -54,9 +54,8 @@ from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
 from shardproxy.routing import owner_of
-from shardproxy.supervisor import STANDBY_PROCESS_NAME
 from tests.proxies import proxy_client
-from tests.test_processes import children_by_name, serve, wait_until
+from tests.test_processes import children_by_name, serve, standby_prepared, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -119,15 +118,6 @@ def client_ports_served(server_port: int, pid: int) -> set[int]:
     """Server side: the clients' ports of the connections a worker accepted."""
     return {s.remote_port for s in tcp_sockets(pid)
             if s.local_port == server_port and s.state == ESTABLISHED}
-
-
-def standby_prepared(supervisor: int) -> bool:
-    """A standby names itself once it has prepared."""
-    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            if Path(f"/proc/{child}/comm").read_text().strip() == STANDBY_PROCESS_NAME:
-                return True
-    return False
 
 
 def listens(pid: int, port: int) -> bool:
