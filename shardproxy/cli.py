@@ -111,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         workers=args.workers)
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "version")}
-    config = Config(**options)
+    try:
+        config = Config(**options)
+    except ValueError as exc:
+        parser.error(f"serve: {exc}")  # exits with status 2
     from shardproxy.server import LOG_FORMAT, run
 
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_STORAGE_URL = "sqlite:///shardproxy.db"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def usable_cores() -> int:
@@ -49,6 +50,24 @@ class Config:
     # one a replacement first spends most of a second importing.
     standbys: int = 1
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        """Refuses settings no proxy could run with, naming the setting."""
+        at_least = {
+            "workers": 1, "threads": 1, "db_pool_size": 1, "max_batch": 1,
+            "port": 0, "standbys": 0, "cache_max_trials": 0, "commit_window": 0.0,
+            "sync_window": 0.0, "retry_deadline": 0.0, "drain_timeout": 0.0,
+        }  # fmt: skip
+        for name, least in at_least.items():
+            value = getattr(self, name)
+            if not value >= least:  # also refuses NaN
+                raise ValueError(f"{name.replace('_', '-')} must be at least {least}, got {value}")
+        if self.port > 65535:
+            raise ValueError(f"port must be at most 65535, got {self.port}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

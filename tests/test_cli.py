@@ -1,0 +1,47 @@
+"""`shardproxy serve` refuses settings it cannot run with, before touching anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardproxy import serve
+from shardproxy.cli import main
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "0"], "workers must be at least 1, got 0"),
+        (["--standbys", "-1"], "standbys must be at least 0, got -1"),
+        (["--threads", "0"], "threads must be at least 1, got 0"),
+        (["--db-pool-size", "0"], "db-pool-size must be at least 1, got 0"),
+        (["--max-batch", "0"], "max-batch must be at least 1, got 0"),
+        (["--port", "70000"], "port must be at most 65535, got 70000"),
+        (["--port", "-1"], "port must be at least 0, got -1"),
+        (["--commit-window", "nan"], "commit-window must be at least 0.0, got nan"),
+        (["--sync-window", "-0.5"], "sync-window must be at least 0.0, got -0.5"),
+        (["--drain-timeout", "-1"], "drain-timeout must be at least 0.0, got -1.0"),
+        (["--log-level", "loud"], "log-level must be one of DEBUG, INFO, WARNING, ERROR"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_by_name_and_starts_nothing(
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default SQLite database would be created
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no database, no socket, nothing
+
+
+def test_the_python_api_refuses_the_same(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="standbys must be at least 0"):
+        serve(f"sqlite:///{tmp_path}/db.sqlite", standbys=-1)
+    assert list(tmp_path.iterdir()) == []
