@@ -452,6 +452,18 @@ def _listen_unix(path: str) -> socket.socket:
     return listener
 
 
+# Failures of a new connection that prove the request was not delivered, so that it
+# may be sent again: the peer is not listening (yet), or it accepted and died before
+# it read (it acts only on whole frames), which makes even a write safe to resend.
+_UNDELIVERED = (FileNotFoundError, ConnectionRefusedError, BrokenPipeError, ConnectionResetError)
+
+
+def _undelivered_reason(exc: OSError) -> str:
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        return f"unavailable: {exc.strerror or exc}"
+    return f"dropped the connection: {exc}"
+
+
 class ForwardClient:
     """Calls a `ForwardServer` at `path`; thread-safe.
 
@@ -538,42 +550,27 @@ class ForwardClient:
         if deadline is not None:
             give_up = min(give_up, deadline)
         while True:
-            channel = self._connect(give_up)
             try:
-                channel.send_frame(request_id, method_index, request, deadline)
-                return channel
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # The peer accepted, then died before it read: nothing was delivered,
-                # so even a write may go to its replacement.
-                channel.close()
+                return self._open_and_send(request_id, method_index, request, deadline)
+            except _UNDELIVERED as exc:
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
-                    raise ForwardError(
-                        f"peer {self.path} dropped the connection: {exc}"
-                    ) from exc
+                    raise ForwardError(f"peer {self.path} {_undelivered_reason(exc)}") from exc
                 time.sleep(min(_RECONNECT_PAUSE, remaining))
-            except BaseException:
-                channel.close()
-                raise
 
-    def _connect(self, give_up: float) -> _Channel:
-        """A new connection, retried while the peer is not listening until `give_up`."""
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.path)
-                return _Channel(sock)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                sock.close()
-                remaining = give_up - time.monotonic()
-                if remaining <= 0:
-                    raise ForwardError(
-                        f"peer {self.path} unavailable: {exc.strerror or exc}"
-                    ) from exc
-                time.sleep(min(_RECONNECT_PAUSE, remaining))
-            except BaseException:
-                sock.close()
-                raise
+    def _open_and_send(
+        self, request_id: int, method_index: int, request: bytes, deadline: float | None
+    ) -> _Channel:
+        """One attempt: a new connection carrying the request; closed if it fails."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+            channel = _Channel(sock)
+            channel.send_frame(request_id, method_index, request, deadline)
+            return channel
+        except BaseException:
+            sock.close()
+            raise
 
     def _check_in(self, channel: _Channel) -> None:
         with self._lock:
