@@ -26,6 +26,7 @@ from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
 from shardproxy.supervisor import STANDBY_PROCESS_NAME
+from tests.procfs import child_names
 from tests.proxies import free_port, proxy_client
 
 pytestmark = pytest.mark.slow
@@ -33,22 +34,13 @@ pytestmark = pytest.mark.slow
 
 def children_by_name(pid: int) -> dict[str, int]:
     """The supervisor's worker processes, by their name (`shardproxy-wN`)."""
-    found = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            name = Path(f"/proc/{child}/comm").read_text().strip()
-            if name.startswith("shardproxy-w"):
-                found[name] = int(child)
-    return found
+    return {name: child for child, name in child_names(pid).items()
+            if name.startswith("shardproxy-w")}
 
 
 def standby_prepared(pid: int) -> bool:
     """Whether the supervisor `pid` has a standby ready (it names itself then)."""
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            if Path(f"/proc/{child}/comm").read_text().strip() == STANDBY_PROCESS_NAME:
-                return True
-    return False
+    return STANDBY_PROCESS_NAME in child_names(pid).values()
 
 
 def wait_until(condition, timeout: float, interval: float = 0.02):  # type: ignore[no-untyped-def]

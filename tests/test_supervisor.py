@@ -33,6 +33,7 @@ from shardproxy.supervisor import (
     WorkerSpec,
     ensure_port_free,
 )
+from tests.procfs import child_names
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 60.0  # every wait in these tests ends; none of them is a speed claim
@@ -473,20 +474,11 @@ def test_real_sigterm_drains_and_exits_zero() -> None:
         assert all(process_gone(pid) for pid in pids)
 
 
-def children(pid: int) -> dict[int, str]:
-    """Child pid → process name (/proc/PID/comm)."""
-    found = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
-    return found
-
-
 def test_killing_the_supervisor_takes_its_workers_down() -> None:
     with supervisor_process() as (process, port, pids):
         assert len(pids) == 2
-        wait_until(lambda: STANDBY_PROCESS_NAME in children(process.pid).values(), "a standby")
-        pids = list(children(process.pid))  # the standby must go too
+        wait_until(lambda: STANDBY_PROCESS_NAME in child_names(process.pid).values(), "a standby")
+        pids = list(child_names(process.pid))  # the standby must go too
         process.kill()
         process.wait(BOUND)
         wait_until(lambda: all(process_gone(pid) for pid in pids), "orphaned workers exit")

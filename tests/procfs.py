@@ -1,0 +1,15 @@
+"""The process tree as /proc shows it (Linux), for tests about worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+def child_names(pid: int) -> dict[int, str]:
+    """Child pid -> process name (/proc/PID/comm) of process `pid`'s children."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):  # exited while we looked
+            found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
+    return found
