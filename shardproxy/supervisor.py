@@ -412,7 +412,7 @@ class Supervisor:
         restore_signals = self._install_signal_handlers()
         try:
             for shard in range(self.workers):
-                self._spawn(shard)
+                self._start(shard)
             return self._loop()
         finally:
             self._kill_all()
@@ -514,32 +514,33 @@ class Supervisor:
     def _start(self, shard: int) -> None:
         """Starts a worker for `shard`: a standby if one is left, else a new process."""
         self._status.reset(shard)
+        process = self._assign_standby(shard)
+        if process is None:
+            process = self._new_process(self._spec(shard), f"shardproxy-worker-{shard}")
+            source = "a new process"
+        else:
+            source = "a standby"
+            self._standby_due = time.monotonic()  # its replacement
+        with self._lock:
+            self._processes[shard] = process
+        self._announced.discard(shard)
+        _logger.info("worker %d started from %s (pid %d)", shard, source, process.pid)
+
+    def _assign_standby(self, shard: int) -> SpawnProcess | None:
+        """The oldest standby, told its shard; None when no standby is left."""
         while self._standbys:
             with self._lock:
                 process, assignment = self._standbys.pop(0)
             try:
                 assignment.send(shard)
-            except OSError:  # it died a moment ago; reaped like any other process
+                return process
+            except OSError:  # it died a moment ago and cannot take the shard
                 process.kill()
                 process.join(5.0)
                 process.close()
-                continue
             finally:
                 assignment.close()
-            with self._lock:
-                self._processes[shard] = process
-            self._announced.discard(shard)
-            _logger.info("worker %d started from a standby (pid %d)", shard, process.pid)
-            self._standby_due = time.monotonic()  # its replacement
-            return
-        self._spawn(shard)
-
-    def _spawn(self, shard: int) -> None:
-        process = self._new_process(self._spec(shard), f"shardproxy-worker-{shard}")
-        with self._lock:
-            self._processes[shard] = process
-        self._announced.discard(shard)
-        _logger.info("worker %d started (pid %d)", shard, process.pid)
+        return None
 
     def _spec(self, shard: int) -> WorkerSpec:
         interval = None if self.heartbeat_timeout is None else self.heartbeat_timeout / 3
