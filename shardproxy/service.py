@@ -167,7 +167,9 @@ class Service:
 
     def _set_trial_parameter(self, request: bytes) -> bytes:
         trial_id, name, value, distribution_json = codec.decode_set_trial_param_request(request)
-        self._store.set_trial_param(trial_id, name, value, distribution_json)
+        # Routing has just looked the trial's study up, so it is remembered.
+        study_id = self._trial_studies.get(trial_id)
+        self._store.set_trial_param(trial_id, name, value, distribution_json, study_id=study_id)
         return b""
 
     def _get_trial_id_from_study_id_trial_number(self, request: bytes) -> bytes:

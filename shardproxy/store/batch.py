@@ -1,22 +1,48 @@
 """One group-commit transaction: many clients' trial writes, set by set.
 
 The batch reads what it must check in a fixed number of statements (the studies it
-adds trials to, locked, and their trial counts; the trials it writes to, locked),
-checks every operation against those rows in memory, in arrival order, and then
-writes each kind of row with one multi-row statement. An operation that fails a
-check gets its own exception and contributes nothing; the others go on.
+adds trials to, locked; the trials it writes to, locked), checks every operation
+against those rows in memory, in arrival order, and then writes each kind of row
+with one multi-row statement. An operation that fails a check gets its own
+exception and contributes nothing; the others go on.
+
+Two statements are saved where the database allows it, because a client's trial
+costs about three batches and every statement is a round trip:
+- New trials are numbered by the INSERT itself (`INSERT ... SELECT` over the
+  study's trial count, with RETURNING), not by a COUNT before it.
+- An optimistic batch that finishes trials does not lock them first: one guarded
+  UPDATE sets the states of the trials it finishes, locks the others, and counts
+  the trials it found unfinished. Should one be finished or gone, the batch raises
+  `GuardMissed`; the committer rolls it back and runs it again the locking way,
+  which gives each operation its exact outcome.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import UpdateFinishedTrialError
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement, FromClause
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
 from shardproxy.store import sql
@@ -34,6 +60,11 @@ from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trial_params, trials
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
+UNFINISHED_NAMES = (STATE_NAMES[RUNNING], STATE_NAMES[WAITING])
+# As SQL literals: a bound Enum value would take SQLAlchemy's type conversion.
+_UNFINISHED_LITERALS: list[ColumnElement[Any]] = [
+    literal_column(f"'{name}'") for name in UNFINISHED_NAMES
+]
 # RDBStorage's message for a missing row.
 NOT_FOUND = "Record does not exist."
 
@@ -72,14 +103,30 @@ class Witness:
         return not self.created_ids and not self.state_changes
 
 
+class GuardMissed(Exception):
+    """An optimistic batch found a trial it writes to finished or gone.
+
+    Its transaction holds a partial UPDATE and must be rolled back; the batch is
+    then run again with `optimistic=False`.
+    """
+
+
 class Batch:
     """Applies `operations` inside the caller's transaction on `conn`."""
 
     def __init__(
-        self, conn: Connection, operations: list[Operation], distribution_of: DistributionLookup
+        self,
+        conn: Connection,
+        operations: list[Operation],
+        distribution_of: DistributionLookup,
+        *,
+        optimistic: bool = False,
     ) -> None:
         self.conn = conn
         self.operations = operations
+        self._optimistic = optimistic
+        # Whether a guarded UPDATE stood in for the trial lock (set by `run`).
+        self.guarded = False
         self.results: list[Any] = [None] * len(operations)
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
@@ -97,7 +144,12 @@ class Batch:
         order is one their callers could have seen.)
         """
         self._create_trials()
-        self._lock_trials()
+        finishing = self._guard_plan() if self._optimistic else None
+        if finishing is None:
+            self._lock_trials()
+        else:
+            self._guard_trials(finishing)
+            self.guarded = True
         for index, op in enumerate(self.operations):
             if isinstance(op, CreateTrial):
                 continue
@@ -106,6 +158,8 @@ class Batch:
             except (KeyError, ValueError, UpdateFinishedTrialError) as exc:
                 self.results[index] = exc
         self._rows.write(self.conn)
+        if finishing is not None:
+            return self.results  # the guard wrote the states
         changes = {
             i: (t.state, t.start_changed, t.complete_changed)
             for i, t in self._trials.items()
@@ -125,10 +179,18 @@ class Batch:
         creates = [(i, op) for i, op in enumerate(self.operations) if isinstance(op, CreateTrial)]
         if not creates:
             return
-        counts = self._lock_studies(sorted({op.study_id for _, op in creates}))
-        accepted: list[tuple[int, CreateTrial, dict[str, Any]]] = []
+        existing = self._lock_studies(sorted({op.study_id for _, op in creates}))
+        # Trials from a template carry their own state and dates, row by row; the
+        # numbering INSERT writes plain RUNNING trials only.
+        numbered_by_insert = self.conn.dialect.insert_returning and all(
+            op.template is None for _, op in creates
+        )
+        counts = {} if numbered_by_insert else self._count_trials(existing)
+        # (operation index, operation, its place among the batch's new trials of its study)
+        accepted: list[tuple[int, CreateTrial, int]] = []
+        places: dict[int, int] = {}
         for index, op in creates:
-            if op.study_id not in counts:
+            if op.study_id not in existing:
                 self.results[index] = KeyError(NOT_FOUND)
                 continue
             try:
@@ -136,31 +198,67 @@ class Batch:
             except ValueError as exc:
                 self.results[index] = exc
                 continue
-            number = counts[op.study_id]
-            counts[op.study_id] = number + 1
-            accepted.append((index, op, self._trial_row(op, number)))
+            place = places.get(op.study_id, 0)
+            places[op.study_id] = place + 1
+            accepted.append((index, op, place))
         if not accepted:
             return
-        new_ids = self._insert_trials([row for _, _, row in accepted])
-        for index, op, row in accepted:
-            trial_id = new_ids[(row["study_id"], row["number"])]
+        if numbered_by_insert:
+            new_ids, first_numbers = self._insert_numbered(
+                [(op.study_id, place) for _, op, place in accepted]
+            )
+        else:
+            first_numbers = counts
+            new_ids = self._insert_trials(
+                [self._trial_row(op, counts[op.study_id] + place) for _, op, place in accepted]
+            )
+        for index, op, place in accepted:
+            trial_id = new_ids[(op.study_id, first_numbers[op.study_id] + place)]
             self.results[index] = trial_id
             self.created_ids.append(trial_id)
             if op.template is not None:
                 self._template_children(trial_id, op)
 
-    def _lock_studies(self, study_ids: list[int]) -> dict[int, int]:
-        """Locks the studies' rows, as RDBStorage does, and counts their trials.
+    def _lock_studies(self, study_ids: list[int]) -> set[int]:
+        """Locks the studies' rows, as RDBStorage does; the ids of those that exist.
 
         The lock makes "number = trials so far" safe: every trial of these studies
         committed before it was granted, and none can be added until this commits.
+        Whatever counts the trials must therefore start after the lock is granted
+        (a statement of its own: a subquery of the locking SELECT may read a
+        snapshot taken before it waited).
         """
-        locked = _LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars().all()
-        counts: dict[int, int] = dict.fromkeys(locked, 0)
-        if locked:
-            found = _COUNT_TRIALS.execute(self.conn, {"ids": sorted(locked)})
+        return set(_LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars().all())
+
+    def _count_trials(self, study_ids: set[int]) -> dict[int, int]:
+        counts: dict[int, int] = dict.fromkeys(study_ids, 0)
+        if study_ids:
+            found = _COUNT_TRIALS.execute(self.conn, {"ids": sorted(study_ids)})
             counts.update({sid: n for sid, n in found})
         return counts
+
+    def _insert_numbered(
+        self, places: list[tuple[int, int]]
+    ) -> tuple[dict[tuple[int, int], int], dict[int, int]]:
+        """Inserts RUNNING trials, (study_id, place) each, numbered by the INSERT itself.
+
+        Returns the new ids by (study_id, number), and each study's first new number.
+        """
+        grouped_count = self.conn.dialect.name == "postgresql"
+        params: dict[str, Any] = {"now": self._now}
+        if grouped_count:
+            params["ids"] = sorted({study_id for study_id, _ in places})
+        for i, (study_id, place) in enumerate(places):
+            params[f"study_{i}"] = study_id
+            params[f"place_{i}"] = place
+        statement = _numbered_insert(len(places), grouped_count)
+        created = statement.execute(self.conn, params).all()
+        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
+        first_numbers: dict[int, int] = {}
+        for study_id, number in ids:
+            first_numbers[study_id] = min(number, first_numbers.get(study_id, number))
+        self._keep_numbers_in_id_order(ids)
+        return ids, first_numbers
 
     def _insert_trials(self, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
         """The new trial ids by (study_id, number), in one statement where RETURNING exists."""
@@ -248,6 +346,57 @@ class Batch:
             for trial_id, study_id, number, state in locked:
                 self._trials[trial_id] = _Trial(study_id, number, state)
 
+    def _guard_plan(self) -> dict[int, str] | None:
+        """The state each finished trial gets, where a guarded UPDATE can take the lock's place.
+
+        That needs every operation's outcome to follow from "all these trials exist
+        and are unfinished" alone: no transition that depends on the state found
+        (RUNNING only from WAITING), no write after a trial's finishing one (its
+        error names the trial's number), and the study of every trial that gets a
+        param (for the distribution check). Not on SQLite: there a statement costs
+        no round trip, and a deleted study's trial ids come back, so a remembered
+        study may be stale.
+        """
+        if self.conn.dialect.name == "sqlite":
+            return None
+        finishing: dict[int, str] = {}
+        for op in self.operations:
+            if isinstance(op, CreateTrial):
+                continue
+            if op.trial_id in finishing:
+                return None
+            if isinstance(op, SetStateValues):
+                if op.state not in FINISHED_STATES:
+                    return None
+                finishing[op.trial_id] = STATE_NAMES[op.state]
+            elif isinstance(op, SetParam) and op.study_id is None:
+                return None
+        if not finishing or len(finishing) > sql.CHUNK:
+            return None  # without a state to set, the lock costs the same one statement
+        return finishing
+
+    def _guard_trials(self, finishing: dict[int, str]) -> None:
+        """Sets the finishing states and locks the batch's other trials, all in one UPDATE.
+
+        Raises GuardMissed unless it found every trial of the batch unfinished.
+        """
+        ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
+        if len(ids) > sql.CHUNK:
+            raise GuardMissed("too many trials for one statement")
+        params: dict[str, Any] = {"ids": ids, "now": self._now}
+        for i, (trial_id, state) in enumerate(sorted(finishing.items())):
+            params[f"finish_id_{i}"] = trial_id
+            params[f"finish_state_{i}"] = state
+        found = _guarded_update(len(finishing)).execute(self.conn, params).rowcount
+        if found != len(ids):
+            raise GuardMissed(f"{len(ids) - found} of {len(ids)} trials finished or gone")
+        study_of = {op.trial_id: op.study_id for op in self.operations
+                    if isinstance(op, SetParam) and op.study_id is not None}
+        for trial_id in ids:
+            # The state found is one of RUNNING/WAITING; which one no operation here
+            # depends on. The number is needed only for errors, which cannot occur.
+            self._trials[trial_id] = _Trial(study_of.get(trial_id, -1), -1, UNFINISHED_NAMES[0])
+
     def _updatable(self, trial_id: int) -> _Trial:
         trial = self._trials.get(trial_id)
         if trial is None:
@@ -320,12 +469,12 @@ _LOCK_STUDIES = Prepared(
     .with_for_update(),
     expanding=["ids"],
 )
-_COUNT_TRIALS = Prepared(
-    select(trials.c.study_id, func.count(trials.c.trial_id))
+_TRIAL_COUNTS = (
+    select(trials.c.study_id, func.count(trials.c.trial_id).label("trials_so_far"))
     .where(trials.c.study_id.in_(bindparam("ids", expanding=True)))
-    .group_by(trials.c.study_id),
-    expanding=["ids"],
+    .group_by(trials.c.study_id)
 )
+_COUNT_TRIALS = Prepared(_TRIAL_COUNTS, expanding=["ids"])
 _INSERT_TRIALS_RETURNING = insert(trials).returning(
     trials.c.trial_id, trials.c.study_id, trials.c.number
 )
@@ -342,3 +491,81 @@ _FIRST_DISTRIBUTION = Prepared(
                 trial_params.c.param_name == bindparam("name")))
     .limit(1)
 )
+
+
+@functools.lru_cache(maxsize=64)
+def _numbered_insert(rows: int, grouped_count: bool) -> Prepared:
+    """INSERT ... SELECT of `rows` RUNNING trials, numbered after their study's trials.
+
+    Row i is (study_i, place_i); its number is the study's trial count plus its
+    place. The count is read by the INSERT, a statement that starts after the study
+    lock was granted. The rows go in (study, place) order, so ids follow numbers.
+
+    The counts must not see the rows this statement inserts. A PostgreSQL statement
+    never sees its own rows, so there one grouped subquery counts every study at
+    once (`grouped_count`). MariaDB may evaluate such a subquery again for each row
+    while it inserts (a "lateral derived" plan), and then counts its own new rows.
+    With a correlated subquery on the target table instead, MySQL, MariaDB and
+    SQLite read the whole SELECT into a temporary table before inserting (MySQL
+    documents this for INSERT ... SELECT from the same table), and MariaDB's
+    subquery cache counts each study once.
+    """
+    added = union_all(*(
+        select(bindparam(f"study_{i}", type_=Integer).label("study_id"),
+               bindparam(f"place_{i}", type_=Integer).label("place"))
+        for i in range(rows)
+    )).subquery("added")
+    if grouped_count:
+        counted = _TRIAL_COUNTS.subquery("counted")
+        number = func.coalesce(counted.c.trials_so_far, 0) + added.c.place
+        source: FromClause = added.outerjoin(counted, counted.c.study_id == added.c.study_id)
+    else:
+        earlier = trials.alias("earlier")
+        trials_so_far = (
+            select(func.count(earlier.c.trial_id))
+            .where(earlier.c.study_id == added.c.study_id)
+            .scalar_subquery()
+        )
+        number, source = trials_so_far + added.c.place, added
+    columns: list[Any] = [
+        number,
+        added.c.study_id,
+        literal_column(f"'{STATE_NAMES[RUNNING]}'"),
+        bindparam("now", type_=DateTime),
+        null(),
+    ]
+    numbered = select(*columns).select_from(source).order_by(added.c.study_id, added.c.place)
+    statement = (
+        insert(trials)
+        .from_select(["number", "study_id", "state", "datetime_start", "datetime_complete"],
+                     numbered)
+        .returning(trials.c.trial_id, trials.c.study_id, trials.c.number)
+    )
+    return Prepared(statement, expanding=["ids"] if grouped_count else [])
+
+
+@functools.lru_cache(maxsize=64)
+def _guarded_update(finishing: int) -> Prepared:
+    """UPDATE that finishes `finishing` trials and touches the others of the batch.
+
+    It matches only unfinished trials, so its row count says whether all were
+    (MySQL drivers count matched rows, SQLAlchemy asks for that; PostgreSQL and
+    SQLite count every row the WHERE selects). Each matched row is locked until
+    COMMIT, like the lock it stands in for.
+    """
+    trial_id = trials.c.trial_id
+    finished = [trial_id == bindparam(f"finish_id_{i}") for i in range(finishing)]
+    state = case(
+        *((match, bindparam(f"finish_state_{i}")) for i, match in enumerate(finished)),
+        else_=trials.c.state,
+    )
+    complete = case(
+        (or_(*finished), bindparam("now", type_=DateTime)), else_=trials.c.datetime_complete
+    )
+    return Prepared(
+        update(trials)
+        .where(trial_id.in_(bindparam("ids", expanding=True)),
+               trials.c.state.in_(_UNFINISHED_LITERALS))
+        .values(state=state, datetime_complete=complete),
+        expanding=["ids"],
+    )

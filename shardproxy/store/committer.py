@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.engine import Connection, Engine
 
-from shardproxy.store.batch import Witness
+from shardproxy.store.batch import GuardMissed, Witness
 from shardproxy.store.operations import Operation
 from shardproxy.store.retry import Backoff, is_transient
 
@@ -49,7 +49,9 @@ class Applied:
     on_commit: Callable[[], None]
 
 
-ApplyBatch = Callable[[Connection, list[Operation]], Applied]
+# apply_batch(conn, operations, optimistic): an optimistic apply may raise GuardMissed,
+# and is then rolled back and applied again with optimistic=False.
+ApplyBatch = Callable[[Connection, list[Operation], bool], Applied]
 # Whether the rows a witness names are in the database (asked on a fresh connection).
 CommitCheck = Callable[[Witness], bool]
 
@@ -177,7 +179,14 @@ class GroupCommitter:
         conn = self._connection()
         try:
             transaction = conn.begin()
-            applied = self._apply_batch(conn, operations)
+            try:
+                applied = self._apply_batch(conn, operations, True)
+            except GuardMissed as missed:
+                _logger.debug("batch of %d: %s; running it again with locks",
+                              len(operations), missed)
+                transaction.rollback()
+                transaction = conn.begin()
+                applied = self._apply_batch(conn, operations, False)
         except sqlalchemy.exc.DBAPIError as exc:
             self._abandon(conn, exc)
             raise

@@ -77,6 +77,9 @@ class SetParam:
     name: str
     value: float
     distribution_json: str
+    # The trial's study as the caller knows it (None: not known). It spares an
+    # optimistic batch from reading the trial's row for the distribution check.
+    study_id: int | None = None
 
     def __post_init__(self) -> None:
         parse_distribution(self.distribution_json)

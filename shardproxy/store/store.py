@@ -180,9 +180,18 @@ class Store:
         return int(self._committer.submit(CreateTrial(study_id, template)))
 
     def set_trial_param(
-        self, trial_id: int, name: str, value_internal: float, distribution_json: str
+        self,
+        trial_id: int,
+        name: str,
+        value_internal: float,
+        distribution_json: str,
+        *,
+        study_id: int | None = None,
     ) -> None:
-        self._committer.submit(SetParam(trial_id, name, value_internal, distribution_json))
+        """`study_id`: the trial's study, if the caller knows it (it saves a lock)."""
+        self._committer.submit(
+            SetParam(trial_id, name, value_internal, distribution_json, study_id)
+        )
 
     def set_trial_state_values(
         self, trial_id: int, state: int, values: Sequence[float] | None
@@ -234,8 +243,10 @@ class Store:
 
         return with_retries(attempt, self._retry_deadline, what)
 
-    def _apply_batch(self, conn: Connection, operations: list[Operation]) -> Applied:
-        batch = Batch(conn, operations, self._distribution_of)
+    def _apply_batch(
+        self, conn: Connection, operations: list[Operation], optimistic: bool
+    ) -> Applied:
+        batch = Batch(conn, operations, self._distribution_of, optimistic=optimistic)
         results = batch.run()
 
         def remember_distributions() -> None:  # committed: they now exist

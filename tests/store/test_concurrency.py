@@ -139,6 +139,38 @@ def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
     assert sorted(r.number for r in rows.values()) == list(range(13))
 
 
+def test_finishing_trials_together_with_one_already_finished(store: Store) -> None:
+    """Concurrent finishing writes, as a batch guards them: the finished trial's write
+    fails alone, and every other write of the batch lands."""
+    study_id = store.create_new_study([0], "finishing")
+    running = [store.create_new_trial(study_id, None) for _ in range(8)]
+    finished = store.create_new_trial(study_id, None)
+    store.set_trial_state_values(finished, COMPLETE, [0.0])
+    calls: list[Callable[[], Any]] = [
+        lambda: store.set_trial_state_values(finished, COMPLETE, [9.0]),
+        lambda: store.set_trial_param(finished, "x", 1.0, FLOAT, study_id=study_id),
+    ]
+    for i, trial_id in enumerate(running):
+        if i % 2:
+            calls.append(lambda t=trial_id, i=i: store.set_trial_state_values(t, COMPLETE, [i]))
+        else:
+            calls.append(lambda t=trial_id: store.set_trial_param(t, "x", 1.0, FLOAT,
+                                                                  study_id=study_id))
+
+    outcomes = _in_lockstep(len(calls), lambda i: calls[i]())
+
+    assert all(isinstance(o, UpdateFinishedTrialError) for o in outcomes[:2]), outcomes[:2]
+    assert outcomes[2:] == [None if i % 2 == 0 else True for i in range(len(running))]
+    rows = {r.trial_id: r for r in store.load_trials(study_id, id_greater_than=-1)}
+    assert rows[finished].values == [0.0] and rows[finished].params == []
+    for i, trial_id in enumerate(running):
+        row = rows[trial_id]
+        if i % 2:
+            assert (row.state, row.values, bool(row.datetime_complete)) == (COMPLETE, [i], True)
+        else:
+            assert (row.state, row.params) == (RUNNING, [("x", 1.0, FLOAT)])
+
+
 def _valid_writes(
     store: Store, trial_id: int
 ) -> list[tuple[Callable[[], Any], type[Exception] | None]]:
