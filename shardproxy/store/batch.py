@@ -65,6 +65,10 @@ UNFINISHED_NAMES = (STATE_NAMES[RUNNING], STATE_NAMES[WAITING])
 _UNFINISHED_LITERALS: list[ColumnElement[Any]] = [
     literal_column(f"'{name}'") for name in UNFINISHED_NAMES
 ]
+# Bounds on the statements built per row count (each shape is compiled and kept):
+# larger batches take the plain way, whose extra statement they share.
+NUMBERED_INSERT_MAX_ROWS = 64
+GUARD_MAX_FINISHING = 64
 # RDBStorage's message for a missing row.
 NOT_FOUND = "Record does not exist."
 
@@ -182,8 +186,10 @@ class Batch:
         existing = self._lock_studies(sorted({op.study_id for _, op in creates}))
         # Trials from a template carry their own state and dates, row by row; the
         # numbering INSERT writes plain RUNNING trials only.
-        numbered_by_insert = self.conn.dialect.insert_returning and all(
-            op.template is None for _, op in creates
+        numbered_by_insert = (
+            self.conn.dialect.insert_returning
+            and len(creates) <= NUMBERED_INSERT_MAX_ROWS
+            and all(op.template is None for _, op in creates)
         )
         counts = {} if numbered_by_insert else self._count_trials(existing)
         # (operation index, operation, its place among the batch's new trials of its study)
@@ -360,19 +366,23 @@ class Batch:
         if self.conn.dialect.name == "sqlite":
             return None
         finishing: dict[int, str] = {}
+        written: set[int] = set()
         for op in self.operations:
             if isinstance(op, CreateTrial):
                 continue
             if op.trial_id in finishing:
                 return None
+            written.add(op.trial_id)
             if isinstance(op, SetStateValues):
                 if op.state not in FINISHED_STATES:
                     return None
                 finishing[op.trial_id] = STATE_NAMES[op.state]
             elif isinstance(op, SetParam) and op.study_id is None:
                 return None
-        if not finishing or len(finishing) > sql.CHUNK:
+        if not finishing:
             return None  # without a state to set, the lock costs the same one statement
+        if len(finishing) > GUARD_MAX_FINISHING or len(written) > sql.CHUNK:
+            return None
         return finishing
 
     def _guard_trials(self, finishing: dict[int, str]) -> None:
@@ -381,8 +391,6 @@ class Batch:
         Raises GuardMissed unless it found every trial of the batch unfinished.
         """
         ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
-        if len(ids) > sql.CHUNK:
-            raise GuardMissed("too many trials for one statement")
         params: dict[str, Any] = {"ids": ids, "now": self._now}
         for i, (trial_id, state) in enumerate(sorted(finishing.items())):
             params[f"finish_id_{i}"] = trial_id
@@ -493,7 +501,7 @@ _FIRST_DISTRIBUTION = Prepared(
 )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # at most NUMBERED_INSERT_MAX_ROWS shapes per backend
 def _numbered_insert(rows: int, grouped_count: bool) -> Prepared:
     """INSERT ... SELECT of `rows` RUNNING trials, numbered after their study's trials.
 
@@ -544,7 +552,7 @@ def _numbered_insert(rows: int, grouped_count: bool) -> Prepared:
     return Prepared(statement, expanding=["ids"] if grouped_count else [])
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # at most GUARD_MAX_FINISHING shapes
 def _guarded_update(finishing: int) -> Prepared:
     """UPDATE that finishes `finishing` trials and touches the others of the batch.
 
