@@ -234,7 +234,7 @@ class Batch:
         (a statement of its own: a subquery of the locking SELECT may read a
         snapshot taken before it waited).
         """
-        return set(_LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars().all())
+        return set(_LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars())
 
     def _count_trials(self, study_ids: set[int]) -> dict[int, int]:
         counts: dict[int, int] = dict.fromkeys(study_ids, 0)

@@ -1,12 +1,15 @@
-"""Statements rendered once into the driver's own SQL, for the group commit's hot path.
+"""Statements rendered once into the driver's own SQL, for the store's hot paths.
 
 For the store's small statements SQLAlchemy Core spends more CPU per execution
 than the driver does: before it finds a statement's compiled form in its cache,
-it derives the cache key from the whole expression tree, on every call. A
-`Prepared` statement is compiled once per dialect and IN-list length and then
-run with `exec_driver_sql`, which keeps SQLAlchemy's connection, transaction and
-exception handling (the store's retries see the same errors) and skips only that
-lookup.
+it derives the cache key from the whole expression tree, and it then builds an
+execution context and a result object, on every call. A `Prepared` statement is
+compiled once per dialect and IN-list length and then run on a cursor of the
+connection's own driver connection, inside the connection's transaction. Errors
+still go through SQLAlchemy's handling (the store's retries see the same
+exceptions, and a lost connection is invalidated as usual). Where the engine has
+event listeners (a statement counter, say), statements run through
+`exec_driver_sql` instead, so that the listeners see every one.
 
 Only for statements whose parameters and result columns need no conversion by
 SQLAlchemy's types (integers, floats, text, and datetimes on drivers that take
@@ -16,15 +19,40 @@ SQLAlchemy's types, so on SQLite the statement runs the Core way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql import Executable
 
 # (SQL text, how to turn the caller's parameters into the driver's), or None where
 # a parameter needs SQLAlchemy's conversion and the statement runs the Core way.
 _Rendered = tuple[str, Callable[[Mapping[str, Any]], Any]] | None
+
+
+class Rows:
+    """A statement's rows (none for a write) and its row count."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: Sequence[Sequence[Any]], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Sequence[Any]]:
+        return iter(self.rows)
+
+    def all(self) -> Sequence[Sequence[Any]]:
+        return self.rows
+
+    def first(self) -> Sequence[Any] | None:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self.rows]
 
 
 class Prepared:
@@ -34,19 +62,21 @@ class Prepared:
         self._expanding = tuple(expanding)
         self._rendered: dict[tuple[str, tuple[int, ...]], _Rendered] = {}
 
-    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        """The statement's `CursorResult`."""
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Rows:
         dialect = conn.dialect
         if dialect.name == "sqlite":
-            return conn.execute(self.statement, dict(params))
+            return _through_core(conn.execute(self.statement, dict(params)))
         key = (dialect.name, tuple(len(params[name]) for name in self._expanding))
         if key not in self._rendered:
             self._rendered[key] = self._render(dialect, params)
         rendered = self._rendered[key]
         if rendered is None:
-            return conn.execute(self.statement, dict(params))
+            return _through_core(conn.execute(self.statement, dict(params)))
         sql, arguments = rendered
-        return conn.exec_driver_sql(sql, arguments(params))
+        # SQLAlchemy's own test before it runs events (private, hence the default).
+        if getattr(conn, "_has_events", True) or getattr(conn.engine, "_has_events", True):
+            return _through_core(conn.exec_driver_sql(sql, arguments(params)))
+        return _on_cursor(conn, sql, arguments(params))
 
     def _render(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
         compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -79,3 +109,21 @@ class Prepared:
             order = [next(s for s in sources if s[0] == name) for name in state.positiontup]
             return state.statement, lambda p: tuple(value_of(p, s) for s in order)
         return state.statement, lambda p: {s[0]: value_of(p, s) for s in sources}
+
+
+def _through_core(result: CursorResult[Any]) -> Rows:
+    rows = [tuple(row) for row in result] if result.returns_rows else []
+    return Rows(rows, result.rowcount)
+
+
+def _on_cursor(conn: Connection, sql: str, arguments: Any) -> Rows:
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, arguments)
+        rows = cursor.fetchall() if cursor.description is not None else ()
+        rowcount = cursor.rowcount
+    except Exception as exc:
+        # Raises what exec_driver_sql would raise, after the same invalidation.
+        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
+    cursor.close()
+    return Rows(rows, rowcount)
