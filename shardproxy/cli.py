@@ -18,7 +18,8 @@ from shardproxy.config import DEFAULT_STORAGE_URL, Config, usable_cores
 
 _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("storage", str, "database URL in SQLAlchemy form, e.g. mysql+pymysql://user:pass@host/db, "
-     "postgresql+psycopg2://user@host/db; default: an SQLite file in the working directory"),
+     "postgresql+psycopg2://user@host/db (mysql+mysqldb:// takes the C driver mysqlclient, "
+     "cheaper on CPU, if installed); default: an SQLite file in the working directory"),
     ("host", str, "address to listen on"),
     ("port", int, "port to listen on (0: pick a free one)"),
     ("workers", int, "worker processes sharing the port, each owning a shard of the studies"),

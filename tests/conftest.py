@@ -28,6 +28,12 @@ def mariadb_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def mariadb_mysqlclient_url(tmp_path: Path) -> Iterator[str]:
+    with fresh_database("mariadb-mysqlclient", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
 def postgres_url(tmp_path: Path) -> Iterator[str]:
     with fresh_database("postgres", tmp_path) as url:
         yield url

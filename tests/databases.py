@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-BACKENDS = ("sqlite", "mariadb", "postgres")
+# "mariadb-mysqlclient": the MariaDB server through mysqlclient, the C driver that
+# `mysql+mysqldb://` URLs use (`.ci/run` installs it).
+BACKENDS = ("sqlite", "mariadb", "postgres", "mariadb-mysqlclient")
 
 MARIADB_SERVER = os.environ.get("SHARDPROXY_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306")
 POSTGRES_SERVER = os.environ.get(
@@ -26,15 +28,21 @@ POSTGRES_SERVER = os.environ.get(
 
 
 def _admin_url(backend: str) -> str:
-    if backend == "mariadb":
+    if backend.startswith("mariadb"):
         return f"{MARIADB_SERVER}/test"
     if backend == "postgres":
         return f"{POSTGRES_SERVER}/postgres"
     raise ValueError(backend)
 
 
-def _unavailable(backend: str, error: Exception) -> None:
-    message = f"{backend} server is not reachable: {error}"
+def _with_driver(url: str, drivername: str) -> str:
+    return sqlalchemy.engine.make_url(url).set(drivername=drivername).render_as_string(
+        hide_password=False
+    )
+
+
+def _unavailable(backend: str, error: Exception, what: str = "server is not reachable") -> None:
+    message = f"{backend} {what}: {error}"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -46,6 +54,11 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'optuna.db'}"
         return
+    if backend == "mariadb-mysqlclient":
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError as error:
+            _unavailable(backend, error, "driver is not installed (pip install mysqlclient)")
     name = f"sp_{uuid.uuid4().hex[:12]}"
     engine = sqlalchemy.create_engine(
         _admin_url(backend), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
@@ -56,7 +69,11 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
     except sqlalchemy.exc.OperationalError as error:
         engine.dispose()
         _unavailable(backend, error)
-    server = MARIADB_SERVER if backend == "mariadb" else POSTGRES_SERVER
+    server = {
+        "mariadb": MARIADB_SERVER,
+        "mariadb-mysqlclient": _with_driver(MARIADB_SERVER, "mysql+mysqldb"),
+        "postgres": POSTGRES_SERVER,
+    }[backend]
     try:
         yield f"{server}/{name}"
     finally:

@@ -28,7 +28,7 @@ from optuna.distributions import (
 
 from shardproxy.rows import COMPLETE, FAIL, PRUNED, RUNNING, WAITING, TrialRow
 from shardproxy.store import Store
-from tests.databases import fresh_database
+from tests.databases import BACKENDS, fresh_database
 from tests.store.reference import ReferenceStore
 
 SEEDS = (11, 22, 33)
@@ -235,7 +235,7 @@ class _AsTheServiceCalls:
         self._store.set_trial_param(trial_id, *args, study_id=study_id)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "mariadb", "postgres"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_store_and_rdbstorage_agree_on_random_calls(backend: str, tmp_path: Path) -> None:
     for seed in SEEDS:
         rng = random.Random(seed)

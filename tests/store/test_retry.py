@@ -16,7 +16,11 @@ from shardproxy.store import Store
 from tests.store.faults import commit_reply_dropper, kill_store_connections
 from tests.store.test_concurrency import FLOAT, run_random_sampler_trials
 
-SERVER_URLS = {"mariadb": "mariadb_url", "postgres": "postgres_url"}
+SERVER_URLS = {
+    "mariadb": "mariadb_url",
+    "mariadb-mysqlclient": "mariadb_mysqlclient_url",
+    "postgres": "postgres_url",
+}
 
 
 def _count_trials(url: str, study_id: int) -> int:
@@ -29,7 +33,7 @@ def _count_trials(url: str, study_id: int) -> int:
         engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["mariadb", "postgres"])
+@pytest.mark.parametrize("backend", list(SERVER_URLS))
 def test_killed_connections_are_retried_without_double_writes(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
@@ -65,7 +69,7 @@ def test_killed_connections_are_retried_without_double_writes(
         store.close()
 
 
-@pytest.mark.parametrize("backend", ["mariadb", "postgres"])
+@pytest.mark.parametrize("backend", list(SERVER_URLS))
 def test_lost_commit_reply_is_not_applied_twice(
     backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
