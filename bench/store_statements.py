@@ -99,7 +99,9 @@ class StoreSystem:
 
     def trial(self, value: float) -> None:
         trial_id = self.store.create_new_trial(self.study_id, None)
-        self.store.set_trial_param(trial_id, "x", value, DISTRIBUTION_JSON)
+        # With the trial's study, as the service passes it.
+        self.store.set_trial_param(trial_id, "x", value, DISTRIBUTION_JSON,
+                                   study_id=self.study_id)
         self.store.set_trial_state_values(trial_id, COMPLETE, [value * value])
 
     def close(self) -> None:
