@@ -20,7 +20,7 @@ costs about three batches and every statement is a round trip:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,11 +148,14 @@ class Batch:
         order is one their callers could have seen.)
         """
         self._create_trials()
-        finishing = self._guard_plan() if self._optimistic else None
+        written = sorted(
+            {op.trial_id for op in self.operations if not isinstance(op, CreateTrial)}
+        )
+        finishing = self._guard_plan(len(written)) if self._optimistic else None
         if finishing is None:
-            self._lock_trials()
+            self._lock_trials(written)
         else:
-            self._guard_trials(finishing)
+            self._guard_trials(written, finishing)
             self.guarded = True
         for index, op in enumerate(self.operations):
             if isinstance(op, CreateTrial):
@@ -258,12 +261,10 @@ class Batch:
             params[f"study_{i}"] = study_id
             params[f"place_{i}"] = place
         statement = _numbered_insert(len(places), grouped_count)
-        created = statement.execute(self.conn, params).all()
-        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
+        ids = self._ids_in_number_order(statement.execute(self.conn, params).all())
         first_numbers: dict[int, int] = {}
         for study_id, number in ids:
             first_numbers[study_id] = min(number, first_numbers.get(study_id, number))
-        self._keep_numbers_in_id_order(ids)
         return ids, first_numbers
 
     def _insert_trials(self, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
@@ -281,17 +282,20 @@ class Batch:
                           for s, n in first.items()))
                 )
             ).all()
-        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
-        self._keep_numbers_in_id_order(ids)
-        return ids
+        return self._ids_in_number_order(created)
 
-    def _keep_numbers_in_id_order(self, ids: dict[tuple[int, int], int]) -> None:
-        """Renumbers, should the database have handed out ids out of row order.
+    def _ids_in_number_order(
+        self, created: Sequence[Sequence[Any]]
+    ) -> dict[tuple[int, int], int]:
+        """The new ids by (study_id, number), from (trial_id, study_id, number) rows.
+
+        Renumbers, should the database have handed out ids out of row order.
 
         Within a study trial id order must equal number order (readers rely on it);
         every backend assigns the ids of one multi-row INSERT in row order, so this
         finds nothing to do unless that ever changes.
         """
+        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
         by_study: dict[int, list[tuple[int, int]]] = {}
         for (study_id, number), trial_id in ids.items():
             by_study.setdefault(study_id, []).append((number, trial_id))
@@ -305,6 +309,7 @@ class Batch:
                     update(trials).where(trials.c.trial_id == trial_id).values(number=number)
                 )
                 ids[(study_id, number)] = trial_id
+        return ids
 
     def _trial_row(self, op: CreateTrial, number: int) -> dict[str, Any]:
         template = op.template
@@ -345,14 +350,13 @@ class Batch:
 
     # -- writes to existing trials ------------------------------------------------------
 
-    def _lock_trials(self) -> None:
-        ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
+    def _lock_trials(self, ids: list[int]) -> None:
         for part in sql.chunks(ids):
             locked = _LOCK_TRIALS.execute(self.conn, {"ids": list(part)})
             for trial_id, study_id, number, state in locked:
                 self._trials[trial_id] = _Trial(study_id, number, state)
 
-    def _guard_plan(self) -> dict[int, str] | None:
+    def _guard_plan(self, written: int) -> dict[int, str] | None:
         """The state each finished trial gets, where a guarded UPDATE can take the lock's place.
 
         That needs every operation's outcome to follow from "all these trials exist
@@ -366,13 +370,11 @@ class Batch:
         if self.conn.dialect.name == "sqlite":
             return None
         finishing: dict[int, str] = {}
-        written: set[int] = set()
         for op in self.operations:
             if isinstance(op, CreateTrial):
                 continue
             if op.trial_id in finishing:
                 return None
-            written.add(op.trial_id)
             if isinstance(op, SetStateValues):
                 if op.state not in FINISHED_STATES:
                     return None
@@ -381,16 +383,15 @@ class Batch:
                 return None
         if not finishing:
             return None  # without a state to set, the lock costs the same one statement
-        if len(finishing) > GUARD_MAX_FINISHING or len(written) > sql.CHUNK:
+        if len(finishing) > GUARD_MAX_FINISHING or written > sql.CHUNK:
             return None
         return finishing
 
-    def _guard_trials(self, finishing: dict[int, str]) -> None:
+    def _guard_trials(self, ids: list[int], finishing: dict[int, str]) -> None:
         """Sets the finishing states and locks the batch's other trials, all in one UPDATE.
 
         Raises GuardMissed unless it found every trial of the batch unfinished.
         """
-        ids = sorted({op.trial_id for op in self.operations if not isinstance(op, CreateTrial)})
         params: dict[str, Any] = {"ids": ids, "now": self._now}
         for i, (trial_id, state) in enumerate(sorted(finishing.items())):
             params[f"finish_id_{i}"] = trial_id
