@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.loadgen.control import ClientProcessSpec
 from bench.loadgen.process import GeneratorConfig, generator_main
 from bench.loadgen.real import RealClientsConfig, real_clients_main
 from bench.loadgen.virtual import Recorder
@@ -55,11 +56,9 @@ def run_load(
     loaded = [context.Event() for _ in configs]
     progress = [context.Value("q", 0, lock=False) for _ in configs]
     main = generator_main if kind == "gen" else real_clients_main
-    processes = [
-        context.Process(target=main, args=(config, cpus, loaded[i], go, stop, release,
-                                           progress[i], results), daemon=True)
-        for i, config in enumerate(configs)
-    ]
+    specs = [ClientProcessSpec(config, cpus, loaded[i], go, stop, release, progress[i], results)
+             for i, config in enumerate(configs)]
+    processes = [context.Process(target=main, args=(spec,), daemon=True) for spec in specs]
     try:
         for process in processes:
             process.start()

@@ -2,24 +2,23 @@
 
 `run_virtual_workers` is the in-process core (the validation test calls it
 directly); `generator_main` is the entry of a spawned process that the runner starts
-several of, and which waits for the runner's `go`, runs until `stop`, reports its
-`Recorder` and waits for `release` so its CPU time can be read while it still lives.
+several of, and which follows the runner's handshake (`control.ClientProcessSpec`):
+it waits for `go`, runs until `stop`, reports its `Recorder` and waits for `release`
+so its CPU time can be read while it still lives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from multiprocessing.queues import Queue
-from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
 import grpc
 
 from bench.loadgen import wire
+from bench.loadgen.control import ClientProcessSpec
 from bench.loadgen.virtual import METHODS, Recorder, StudyCache, VirtualWorker, run_worker
 from bench.loadgen.workload import Workload
 
@@ -107,44 +106,28 @@ async def _wait_event(event: Event, poll: float = 0.01) -> None:
         await asyncio.sleep(poll)
 
 
-async def _run_between(
-    config: GeneratorConfig, loaded: Event, go: Event, stop: Event, progress: Synchronized
-) -> Recorder:
+async def _run_between(spec: ClientProcessSpec[GeneratorConfig]) -> Recorder:
     """Connects, says `loaded`, starts trials at `go`, stops starting new ones at `stop`."""
     recorder = Recorder()
 
     async def ready() -> None:
-        loaded.set()
-        await _wait_event(go)
+        spec.loaded.set()
+        await _wait_event(spec.go)
 
     run = asyncio.ensure_future(
-        run_virtual_workers(config, lambda: not stop.is_set(), ready, recorder)
+        run_virtual_workers(spec.config, lambda: not spec.stop.is_set(), ready, recorder)
     )
     while not run.done():
         await asyncio.wait({run}, timeout=0.25)
-        progress.value = recorder.trials
+        spec.progress.value = recorder.trials
     return run.result()
 
 
-def pin_to(cpus: tuple[int, ...] | None) -> None:
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
-
-def generator_main(
-    config: GeneratorConfig,
-    cpus: tuple[int, ...] | None,
-    loaded: Event,
-    go: Event,
-    stop: Event,
-    release: Event,
-    progress: Synchronized,
-    results: Queue,
-) -> None:
-    pin_to(cpus)
+def generator_main(spec: ClientProcessSpec[GeneratorConfig]) -> None:
+    spec.pin()
     try:
-        recorder = asyncio.run(_run_between(config, loaded, go, stop, progress))
-        results.put(("ok", os.getpid(), recorder.to_dict()))
+        recorder = asyncio.run(_run_between(spec))
+        spec.report("ok", recorder.to_dict())
     except Exception as exc:  # reported to the runner, which prints it
-        results.put(("error", os.getpid(), f"{type(exc).__name__}: {exc}"))
-    release.wait(timeout=600)
+        spec.report("error", f"{type(exc).__name__}: {exc}")
+    spec.wait_release()

@@ -8,15 +8,14 @@ trial after every trial, which adds a GetTrials to each trial's RPCs.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from dataclasses import dataclass
-from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from bench.loadgen.control import ClientProcessSpec
 from bench.loadgen.workload import Workload
 
 GRPC_PREFIX = "grpc://"
@@ -103,32 +102,24 @@ class _Tally:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def real_clients_main(
-    config: RealClientsConfig,
-    cpus: tuple[int, ...] | None,
-    loaded: Event,
-    go: Event,
-    stop: Event,
-    release: Event,
-    progress: Synchronized,
-    results: Queue,
-) -> None:
+def real_clients_main(spec: ClientProcessSpec[RealClientsConfig]) -> None:
     import optuna
 
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    spec.pin()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    tally = _Tally(progress)
+    config = spec.config
+    tally = _Tally(spec.progress)
     workers = [
-        _Worker(config, config.first_worker + i, go, stop, tally) for i in range(config.threads)
+        _Worker(config, config.first_worker + i, spec.go, spec.stop, tally)
+        for i in range(config.threads)
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.loaded.wait()
-    loaded.set()
+    spec.loaded.set()
     for worker in workers:
         worker.join()
-    results.put(("ok", os.getpid(), {"trials": tally.trials, "errors": tally.errors}))
-    release.wait(timeout=600)
+    spec.report("ok", {"trials": tally.trials, "errors": tally.errors})
+    spec.wait_release()
