@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from shardproxy.store.batch import GuardMissed, Witness
 from shardproxy.store.operations import Operation
-from shardproxy.store.retry import Backoff, is_transient
+from shardproxy.store.retry import is_transient, with_retries
 
 _logger = logging.getLogger(__name__)
 
@@ -166,14 +166,13 @@ class GroupCommitter:
 
     def _run(self, batch: list[_Pending]) -> list[Any]:
         operations = [pending.operation for pending in batch]
-        backoff = Backoff(self._retry_deadline)
-        while True:
-            try:
-                return self._attempt(operations)
-            except sqlalchemy.exc.DBAPIError as exc:
-                if not is_transient(exc) or not backoff.wait():
-                    raise
-                _logger.warning("batch of %d: retrying after %s", len(batch), exc.orig)
+
+        def say_retrying(exc: sqlalchemy.exc.DBAPIError) -> None:
+            _logger.warning("batch of %d: retrying after %s", len(batch), exc.orig)
+
+        return with_retries(
+            lambda: self._attempt(operations), self._retry_deadline, on_retry=say_retrying
+        )
 
     def _attempt(self, operations: list[Operation]) -> list[Any]:
         conn = self._connection()
@@ -211,13 +210,8 @@ class GroupCommitter:
             # holds only writes that can be repeated with the same outcome.
             return False
         _logger.warning("COMMIT of a batch failed (%s); checking whether it committed", exc)
-        backoff = Backoff(self._retry_deadline)
-        while True:
-            try:
-                return self._commit_check(witness)
-            except sqlalchemy.exc.DBAPIError as check_error:
-                if not is_transient(check_error) or not backoff.wait():
-                    raise
+        # Silent: the warning above already says what is going on.
+        return with_retries(lambda: self._commit_check(witness), self._retry_deadline)
 
     # -- the committer's own connection ------------------------------------------------
 

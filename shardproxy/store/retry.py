@@ -64,11 +64,23 @@ class Backoff:
         return True
 
 
-def with_retries(attempt: Callable[[], T], deadline_seconds: float, what: str) -> T:
+# Called with the error before each new attempt, once the backoff has waited.
+OnRetry = Callable[[sqlalchemy.exc.DBAPIError], None]
+
+
+def with_retries(
+    attempt: Callable[[], T],
+    deadline_seconds: float,
+    what: str | None = None,
+    *,
+    on_retry: OnRetry | None = None,
+) -> T:
     """Runs `attempt` until it succeeds, fails for good, or the deadline passes.
 
     Each attempt must be a whole transaction that leaves nothing behind when it
-    fails, so that running it again cannot apply anything twice.
+    fails, so that running it again cannot apply anything twice. Before each new
+    attempt a warning names `what` and the error; a caller that says it its own way
+    passes `on_retry` instead, and one that passes neither retries silently.
     """
     backoff = Backoff(deadline_seconds)
     while True:
@@ -77,4 +89,7 @@ def with_retries(attempt: Callable[[], T], deadline_seconds: float, what: str) -
         except sqlalchemy.exc.DBAPIError as exc:
             if not is_transient(exc) or not backoff.wait():
                 raise
-            _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
+            if what is not None:
+                _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
+            if on_retry is not None:
+                on_retry(exc)

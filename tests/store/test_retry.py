@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -13,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from shardproxy.rows import COMPLETE
 from shardproxy.store import Store
+from shardproxy.store.retry import with_retries
 from tests.store.faults import commit_reply_dropper, kill_store_connections
 from tests.store.test_concurrency import FLOAT, run_random_sampler_trials
 
@@ -112,7 +114,7 @@ def test_lock_wait_timeout_is_retried(
             release.start()
             trial_id = store.create_new_trial(study_id, None)  # waits, times out, retries
             release.join()
-        assert "retrying" in caplog.text and "1205" in caplog.text
+        assert "batch of 1: retrying after" in caplog.text and "1205" in caplog.text
         assert store.get_trial(trial_id).number == 0
         assert _count_trials(mariadb_url, study_id) == 1
     finally:
@@ -139,3 +141,73 @@ def test_locked_sqlite_file_is_retried(sqlite_url: str, caplog: pytest.LogCaptur
         assert len(store.load_trials(study_id, id_greater_than=-1)) == 1
     finally:
         store.close()
+
+
+class _LockedFile:
+    """A SQLite file another connection holds the write lock of, for some attempts."""
+
+    def __init__(self, path: str, locked_attempts: int) -> None:
+        self.attempts = 0
+        self._locked_attempts = locked_attempts
+        self._holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._holder.execute("BEGIN IMMEDIATE")
+        self._engine = sqlalchemy.create_engine(
+            f"sqlite:///{path}", connect_args={"timeout": 0}, poolclass=sqlalchemy.pool.NullPool
+        )
+
+    def attempt(self, sql: str = "BEGIN IMMEDIATE") -> int:
+        self.attempts += 1
+        if self.attempts > self._locked_attempts and self._holder.in_transaction:
+            self._holder.rollback()
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql(sql)
+            conn.exec_driver_sql("ROLLBACK")
+        return self.attempts
+
+    def close(self) -> None:
+        if self._holder.in_transaction:
+            self._holder.rollback()
+        self._holder.close()
+        self._engine.dispose()
+
+
+@pytest.mark.parametrize("what", ["read", None])
+def test_transient_errors_are_retried_and_each_retry_reported_as_the_caller_asks(
+    tmp_path: Path, what: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    locked = _LockedFile(str(tmp_path / "locked.db"), locked_attempts=2)
+    reported: list[str] = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="shardproxy.store.retry"):
+            succeeded_on = with_retries(
+                locked.attempt, 30, what, on_retry=lambda exc: reported.append(str(exc.orig))
+            )
+    finally:
+        locked.close()
+    assert succeeded_on == 3
+    assert reported == ["database is locked"] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "shardproxy.store.retry"]
+    if what is None:
+        assert warnings == []  # the hook alone speaks, or nothing does
+    else:
+        assert warnings == ["read: transient database error, retrying: database is locked"] * 2
+
+
+def test_an_error_that_is_not_transient_is_raised_at_once(tmp_path: Path) -> None:
+    locked = _LockedFile(str(tmp_path / "locked.db"), locked_attempts=0)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="syntax error"):
+            with_retries(lambda: locked.attempt("BEGIN NONSENSE"), 30, "write")
+    finally:
+        locked.close()
+    assert locked.attempts == 1
+
+
+def test_a_transient_error_past_the_deadline_is_raised(tmp_path: Path) -> None:
+    locked = _LockedFile(str(tmp_path / "locked.db"), locked_attempts=10)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="database is locked"):
+            with_retries(locked.attempt, 0, "write")
+    finally:
+        locked.close()
+    assert locked.attempts == 1
