@@ -11,6 +11,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+# Re-exported while callers still import the masker from here; its home is urls.py.
+from shardproxy.urls import masked_url as masked_url
+
 DEFAULT_STORAGE_URL = "sqlite:///shardproxy.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -71,13 +74,3 @@ class Config:
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-def masked_url(url: str) -> str:
-    """The URL with its password replaced, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, location = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if has_password else ''}@{location}"

@@ -40,11 +40,6 @@ def driver_url(url: str) -> URL:
     return parsed
 
 
-def masked(url: str) -> str:
-    """The URL for messages and logs, with the password hidden."""
-    return driver_url(url).render_as_string(hide_password=True)
-
-
 def make_read_engine(url: str, pool_size: int) -> Engine:
     parsed = driver_url(url)
     if parsed.get_backend_name() == "sqlite":

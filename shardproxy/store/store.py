@@ -24,7 +24,7 @@ from shardproxy.store import reads, sql
 from shardproxy.store.batch import NOT_FOUND, Batch, Witness, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
-from shardproxy.store.database import make_read_engine, make_write_engine, masked
+from shardproxy.store.database import make_read_engine, make_write_engine
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -44,6 +44,7 @@ from shardproxy.store.schema import (
     study_user_attributes,
     trials,
 )
+from shardproxy.urls import masked_url as masked
 
 T = TypeVar("T")
 
