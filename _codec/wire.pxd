@@ -1,0 +1,180 @@
+# The wire contract's numbers for the compiled codec: the twin of shardproxy/wire.py.
+#
+# The same names with the same values, as C enum constants, so a field number or
+# tag compiles to the literal it stands for. tests/test_wire_contract.py reads this
+# file and fails when it differs from shardproxy/wire.py; edit both together.
+
+
+# Wire types: the low three bits of a tag.
+cdef enum WireType:
+    VARINT = 0
+    FIXED64 = 1
+    LENGTH = 2
+    START_GROUP = 3
+    END_GROUP = 4
+    FIXED32 = 5
+
+
+# A field's number (`X`) and its tag (`X_TAG`: the number and the wire type it is
+# written with). Every tag is below 0x80: one byte on the wire.
+cdef enum:
+    # -- requests ---------------------------------------------------------------
+
+    # DeleteStudy, GetStudyNameFromId, GetStudyDirections, GetStudyUserAttributes,
+    # GetStudySystemAttributes and GetTrial requests: the one id they carry.
+    ID_REQUEST_ID = 1
+    ID_REQUEST_ID_TAG = ID_REQUEST_ID << 3 | VARINT
+
+    # Set{Study,Trial}{User,System}AttributeRequest: the study or trial id, key, JSON value.
+    ATTR_REQUEST_OWNER_ID = 1
+    ATTR_REQUEST_OWNER_ID_TAG = ATTR_REQUEST_OWNER_ID << 3 | VARINT
+    ATTR_REQUEST_KEY = 2
+    ATTR_REQUEST_KEY_TAG = ATTR_REQUEST_KEY << 3 | LENGTH
+    ATTR_REQUEST_VALUE = 3
+    ATTR_REQUEST_VALUE_TAG = ATTR_REQUEST_VALUE << 3 | LENGTH
+
+    # GetStudyIdFromNameRequest
+    NAME_REQUEST_STUDY_NAME = 1
+    NAME_REQUEST_STUDY_NAME_TAG = NAME_REQUEST_STUDY_NAME << 3 | LENGTH
+
+    # CreateNewStudyRequest
+    CREATE_STUDY_REQUEST_DIRECTIONS = 1
+    CREATE_STUDY_REQUEST_DIRECTIONS_TAG = CREATE_STUDY_REQUEST_DIRECTIONS << 3 | LENGTH
+    CREATE_STUDY_REQUEST_STUDY_NAME = 2
+    CREATE_STUDY_REQUEST_STUDY_NAME_TAG = CREATE_STUDY_REQUEST_STUDY_NAME << 3 | LENGTH
+
+    # CreateNewTrialRequest
+    CREATE_TRIAL_REQUEST_STUDY_ID = 1
+    CREATE_TRIAL_REQUEST_STUDY_ID_TAG = CREATE_TRIAL_REQUEST_STUDY_ID << 3 | VARINT
+    CREATE_TRIAL_REQUEST_TEMPLATE = 2
+    CREATE_TRIAL_REQUEST_TEMPLATE_TAG = CREATE_TRIAL_REQUEST_TEMPLATE << 3 | LENGTH
+    CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE = 3
+    CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE_TAG = CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE << 3 | VARINT
+
+    # SetTrialParameterRequest
+    SET_PARAM_REQUEST_TRIAL_ID = 1
+    SET_PARAM_REQUEST_TRIAL_ID_TAG = SET_PARAM_REQUEST_TRIAL_ID << 3 | VARINT
+    SET_PARAM_REQUEST_NAME = 2
+    SET_PARAM_REQUEST_NAME_TAG = SET_PARAM_REQUEST_NAME << 3 | LENGTH
+    SET_PARAM_REQUEST_VALUE = 3
+    SET_PARAM_REQUEST_VALUE_TAG = SET_PARAM_REQUEST_VALUE << 3 | FIXED64
+    SET_PARAM_REQUEST_DISTRIBUTION = 4
+    SET_PARAM_REQUEST_DISTRIBUTION_TAG = SET_PARAM_REQUEST_DISTRIBUTION << 3 | LENGTH
+
+    # GetTrialIdFromStudyIdTrialNumberRequest
+    TRIAL_NUMBER_REQUEST_STUDY_ID = 1
+    TRIAL_NUMBER_REQUEST_STUDY_ID_TAG = TRIAL_NUMBER_REQUEST_STUDY_ID << 3 | VARINT
+    TRIAL_NUMBER_REQUEST_NUMBER = 2
+    TRIAL_NUMBER_REQUEST_NUMBER_TAG = TRIAL_NUMBER_REQUEST_NUMBER << 3 | VARINT
+
+    # SetTrialStateValuesRequest
+    STATE_VALUES_REQUEST_TRIAL_ID = 1
+    STATE_VALUES_REQUEST_TRIAL_ID_TAG = STATE_VALUES_REQUEST_TRIAL_ID << 3 | VARINT
+    STATE_VALUES_REQUEST_STATE = 2
+    STATE_VALUES_REQUEST_STATE_TAG = STATE_VALUES_REQUEST_STATE << 3 | VARINT
+    STATE_VALUES_REQUEST_VALUES = 3
+    STATE_VALUES_REQUEST_VALUES_TAG = STATE_VALUES_REQUEST_VALUES << 3 | LENGTH
+
+    # SetTrialIntermediateValueRequest
+    INTERMEDIATE_REQUEST_TRIAL_ID = 1
+    INTERMEDIATE_REQUEST_TRIAL_ID_TAG = INTERMEDIATE_REQUEST_TRIAL_ID << 3 | VARINT
+    INTERMEDIATE_REQUEST_STEP = 2
+    INTERMEDIATE_REQUEST_STEP_TAG = INTERMEDIATE_REQUEST_STEP << 3 | VARINT
+    INTERMEDIATE_REQUEST_VALUE = 3
+    INTERMEDIATE_REQUEST_VALUE_TAG = INTERMEDIATE_REQUEST_VALUE << 3 | FIXED64
+
+    # GetTrialsRequest
+    GET_TRIALS_REQUEST_STUDY_ID = 1
+    GET_TRIALS_REQUEST_STUDY_ID_TAG = GET_TRIALS_REQUEST_STUDY_ID << 3 | VARINT
+    GET_TRIALS_REQUEST_INCLUDED_IDS = 2
+    GET_TRIALS_REQUEST_INCLUDED_IDS_TAG = GET_TRIALS_REQUEST_INCLUDED_IDS << 3 | LENGTH
+    GET_TRIALS_REQUEST_ID_GREATER_THAN = 3
+    GET_TRIALS_REQUEST_ID_GREATER_THAN_TAG = GET_TRIALS_REQUEST_ID_GREATER_THAN << 3 | VARINT
+
+    # -- replies ----------------------------------------------------------------
+
+    # CreateNewStudy, GetStudyIdFromName, CreateNewTrial and
+    # GetTrialIdFromStudyIdTrialNumber replies: the one id they carry.
+    ID_REPLY_ID = 1
+    ID_REPLY_ID_TAG = ID_REPLY_ID << 3 | VARINT
+
+    # GetStudyNameFromIdReply
+    NAME_REPLY_STUDY_NAME = 1
+    NAME_REPLY_STUDY_NAME_TAG = NAME_REPLY_STUDY_NAME << 3 | LENGTH
+
+    # GetStudyDirectionsReply
+    DIRECTIONS_REPLY_DIRECTIONS = 1
+    DIRECTIONS_REPLY_DIRECTIONS_TAG = DIRECTIONS_REPLY_DIRECTIONS << 3 | LENGTH
+
+    # GetStudyUserAttributesReply and GetStudySystemAttributesReply: the map of them.
+    ATTRS_REPLY_ATTRS = 1
+    ATTRS_REPLY_ATTRS_TAG = ATTRS_REPLY_ATTRS << 3 | LENGTH
+
+    # GetAllStudiesReply
+    ALL_STUDIES_REPLY_STUDIES = 1
+    ALL_STUDIES_REPLY_STUDIES_TAG = ALL_STUDIES_REPLY_STUDIES << 3 | LENGTH
+
+    # SetTrialStateValuesReply
+    STATE_VALUES_REPLY_UPDATED = 1
+    STATE_VALUES_REPLY_UPDATED_TAG = STATE_VALUES_REPLY_UPDATED << 3 | VARINT
+
+    # GetTrialReply
+    TRIAL_REPLY_TRIAL = 1
+    TRIAL_REPLY_TRIAL_TAG = TRIAL_REPLY_TRIAL << 3 | LENGTH
+
+    # GetTrialsReply
+    TRIALS_REPLY_TRIALS = 1
+    TRIALS_REPLY_TRIALS_TAG = TRIALS_REPLY_TRIALS << 3 | LENGTH
+
+    # -- Study ------------------------------------------------------------------
+
+    STUDY_ID = 1
+    STUDY_ID_TAG = STUDY_ID << 3 | VARINT
+    STUDY_NAME = 2
+    STUDY_NAME_TAG = STUDY_NAME << 3 | LENGTH
+    STUDY_DIRECTIONS = 3
+    STUDY_DIRECTIONS_TAG = STUDY_DIRECTIONS << 3 | LENGTH
+    STUDY_USER_ATTRS = 4
+    STUDY_USER_ATTRS_TAG = STUDY_USER_ATTRS << 3 | LENGTH
+    STUDY_SYSTEM_ATTRS = 5
+    STUDY_SYSTEM_ATTRS_TAG = STUDY_SYSTEM_ATTRS << 3 | LENGTH
+
+    # -- Trial ------------------------------------------------------------------
+
+    TRIAL_ID = 1
+    TRIAL_ID_TAG = TRIAL_ID << 3 | VARINT
+    TRIAL_NUMBER = 2
+    TRIAL_NUMBER_TAG = TRIAL_NUMBER << 3 | VARINT
+    TRIAL_STATE = 3
+    TRIAL_STATE_TAG = TRIAL_STATE << 3 | VARINT
+    TRIAL_VALUES = 4
+    TRIAL_VALUES_TAG = TRIAL_VALUES << 3 | LENGTH
+    TRIAL_DATETIME_START = 5
+    TRIAL_DATETIME_START_TAG = TRIAL_DATETIME_START << 3 | LENGTH
+    TRIAL_DATETIME_COMPLETE = 6
+    TRIAL_DATETIME_COMPLETE_TAG = TRIAL_DATETIME_COMPLETE << 3 | LENGTH
+    # The five maps are numbered in a row: decoders route TRIAL_PARAMS up to
+    # TRIAL_INTERMEDIATE_VALUES to the map entry readers with one range test.
+    TRIAL_PARAMS = 7
+    TRIAL_PARAMS_TAG = TRIAL_PARAMS << 3 | LENGTH
+    TRIAL_DISTRIBUTIONS = 8
+    TRIAL_DISTRIBUTIONS_TAG = TRIAL_DISTRIBUTIONS << 3 | LENGTH
+    TRIAL_USER_ATTRS = 9
+    TRIAL_USER_ATTRS_TAG = TRIAL_USER_ATTRS << 3 | LENGTH
+    TRIAL_SYSTEM_ATTRS = 10
+    TRIAL_SYSTEM_ATTRS_TAG = TRIAL_SYSTEM_ATTRS << 3 | LENGTH
+    TRIAL_INTERMEDIATE_VALUES = 11
+    TRIAL_INTERMEDIATE_VALUES_TAG = TRIAL_INTERMEDIATE_VALUES << 3 | LENGTH
+
+    # -- map entries ------------------------------------------------------------
+
+    # Every map entry is `{1: key, 2: value}`; the wire type follows the key's and the
+    # value's type: map<string, string>, map<string, double>, map<int64, double>.
+    MAP_STRING_KEY = 1
+    MAP_STRING_KEY_TAG = MAP_STRING_KEY << 3 | LENGTH
+    MAP_INT64_KEY = 1
+    MAP_INT64_KEY_TAG = MAP_INT64_KEY << 3 | VARINT
+    MAP_STRING_VALUE = 2
+    MAP_STRING_VALUE_TAG = MAP_STRING_VALUE << 3 | LENGTH
+    MAP_DOUBLE_VALUE = 2
+    MAP_DOUBLE_VALUE_TAG = MAP_DOUBLE_VALUE << 3 | FIXED64
