@@ -248,7 +248,7 @@ def markdown(results: list[Result], command: str) -> str:
         "`shardproxy.store.Store` and through Optuna's `RDBStorage`, each on a fresh "
         "database of the same server, in one invocation. How the figures are taken: "
         "`bench/store_statements.py`. These are writes only: the ~42 statements and 6 "
-        "commits per trial quoted for RDBStorage in BENCHMARKS.md are a whole optimize "
+        "commits per trial quoted for RDBStorage in bench/README.md are a whole optimize "
         "loop, reads included.",
         "",
         f"Command: `{command}`",
