@@ -46,6 +46,7 @@ from sqlalchemy.sql import ColumnElement, FromClause
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
 from shardproxy.store import sql
+from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -58,6 +59,7 @@ from shardproxy.store.operations import (
 from shardproxy.store.pending import PendingRows, utc_now, write_states
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trial_params, trials
+from shardproxy.store.witness import Witness
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
 UNFINISHED_NAMES = (STATE_NAMES[RUNNING], STATE_NAMES[WAITING])
@@ -69,8 +71,6 @@ _UNFINISHED_LITERALS: list[ColumnElement[Any]] = [
 # larger batches take the plain way, whose extra statement they share.
 NUMBERED_INSERT_MAX_ROWS = 64
 GUARD_MAX_FINISHING = 64
-# RDBStorage's message for a missing row.
-NOT_FOUND = "Record does not exist."
 
 # (study_id, param name) -> the distribution JSON of the study's first such param.
 DistributionLookup = Callable[[Connection, int, str], "str | None"]
@@ -93,18 +93,6 @@ class _Trial:
     @property
     def state_changed(self) -> bool:
         return self.state != self.found_state
-
-
-@dataclass
-class Witness:
-    """Rows only this batch's commit can have produced (see `commit_check`)."""
-
-    created_ids: list[int]
-    # trial id -> state name this batch set (the state differs from the one it found)
-    state_changes: dict[int, str]
-
-    def is_empty(self) -> bool:
-        return not self.created_ids and not self.state_changes
 
 
 class GuardMissed(Exception):

@@ -33,9 +33,10 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.engine import Connection, Engine
 
-from shardproxy.store.batch import GuardMissed, Witness
+from shardproxy.store.batch import GuardMissed
 from shardproxy.store.operations import Operation
 from shardproxy.store.retry import is_transient, with_retries
+from shardproxy.store.witness import Witness
 
 _logger = logging.getLogger(__name__)
 

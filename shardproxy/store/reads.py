@@ -39,7 +39,7 @@ from shardproxy.rows import (
     TrialRow,
     wire_datetime,
 )
-from shardproxy.store.batch import Witness
+from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import (
     studies,
@@ -58,8 +58,6 @@ from shardproxy.store.sql import chunks as sql_chunks
 # Ids per IN-list of a trial load. The list appears once per table of the UNION,
 # so this keeps every statement far below SQLite's 32 766 parameters.
 MAX_IN_LIST = 1000
-# RDBStorage's message for a missing row.
-NOT_FOUND = "Record does not exist."
 
 _TRIAL, _PARAM, _VALUE, _INTERMEDIATE, _USER_ATTR, _SYSTEM_ATTR, _STUDY = range(7)
 
@@ -84,16 +82,10 @@ def require_study(conn: Connection, study_id: int) -> None:
         raise KeyError(NOT_FOUND)
 
 
-def study_id_by_name(conn: Connection, name: str) -> int | None:
+def study_id_from_name(conn: Connection, name: str) -> int | None:
+    """The id of the study of that name; None if there is none."""
     row = conn.execute(select(studies.c.study_id).where(studies.c.study_name == name)).first()
     return None if row is None else int(row[0])
-
-
-def study_id_from_name(conn: Connection, name: str) -> int:
-    row = conn.execute(select(studies.c.study_id).where(studies.c.study_name == name)).first()
-    if row is None:
-        raise KeyError(NOT_FOUND)
-    return int(row[0])
 
 
 def study_name_from_id(conn: Connection, study_id: int) -> str:
@@ -302,21 +294,6 @@ def _assemble(result: Iterable[Sequence[Any]]) -> tuple[list[TrialRow], bool]:
         else:
             current.system_attrs.append((text, json))
     return rows, study_found
-
-
-def witness_present(conn: Connection, witness: Witness) -> bool:
-    """Whether the rows only a batch's commit can have produced are in the database.
-
-    A new trial id is never handed out twice, so one created trial settles it. A
-    state the batch set is the next best sign: the batch held the trial's lock
-    and found it in another state.
-    """
-    if witness.created_ids:
-        query = select(trials.c.trial_id).where(trials.c.trial_id == witness.created_ids[0])
-        return conn.execute(query).first() is not None
-    trial_id, state = next(iter(witness.state_changes.items()))
-    query = select(trials.c.state).where(trials.c.trial_id == trial_id)
-    return conn.execute(query).scalar() == state
 
 
 # The trial loads, built once: each is one statement, whatever the number of trials.

@@ -21,10 +21,11 @@ from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
 from shardproxy.store import reads, sql
-from shardproxy.store.batch import NOT_FOUND, Batch, Witness, first_distribution
+from shardproxy.store.batch import Batch, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import make_read_engine, make_write_engine
+from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -44,6 +45,7 @@ from shardproxy.store.schema import (
     study_user_attributes,
     trials,
 )
+from shardproxy.store.witness import Witness, witness_present
 from shardproxy.urls import masked_url as masked
 
 T = TypeVar("T")
@@ -98,7 +100,7 @@ class Store:
 
         def create(conn: Connection) -> int:
             if attempted:  # a COMMIT whose reply was lost may have gone through
-                existing = reads.study_id_by_name(conn, study_name)
+                existing = reads.study_id_from_name(conn, study_name)
                 if existing == attempted[-1]:
                     return existing
             result = conn.execute(insert(studies).values(study_name=study_name))
@@ -158,7 +160,10 @@ class Store:
         self._transaction(write, "set study attribute")
 
     def get_study_id_from_name(self, name: str) -> int:
-        return self._read(lambda conn: reads.study_id_from_name(conn, name))
+        study_id = self._read(lambda conn: reads.study_id_from_name(conn, name))
+        if study_id is None:
+            raise KeyError(NOT_FOUND)
+        return study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
         return self._read(lambda conn: reads.study_name_from_id(conn, study_id))
@@ -258,7 +263,7 @@ class Store:
         return Applied(results, batch.witness(), remember_distributions)
 
     def _batch_committed(self, witness: Witness) -> bool:
-        return self._read(lambda conn: reads.witness_present(conn, witness))
+        return self._read(lambda conn: witness_present(conn, witness))
 
     def _distribution_of(self, conn: Connection, study_id: int, name: str) -> str | None:
         known = self._distributions.get((study_id, name))
