@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+import traceback
 from datetime import datetime
 
 import pytest
-from sqlalchemy import bindparam, func, literal, select, update
+import sqlalchemy
+from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from shardproxy.store import Store
 from shardproxy.store.database import make_write_engine
 from shardproxy.store.prepared import Prepared
-from shardproxy.store.schema import trials
+from shardproxy.store.retry import is_transient
+from shardproxy.store.schema import studies, trials
+from tests.store.faults import kill_store_connections
+
+SERVER_URLS = ("mariadb_url", "mariadb_mysqlclient_url", "postgres_url")
 
 LISTED = (
     select(trials.c.trial_id, trials.c.number, trials.c.state, literal(7).label("seven"))
@@ -84,3 +92,87 @@ def test_writes_take_effect_with_their_parameters(db_url: str, trial_ids: list[i
     changed = {trial_id: (state, complete) for trial_id, state, complete in rows}
     assert [changed[i][0] for i in trial_ids] == ["RUNNING", "FAIL", "FAIL"] + ["RUNNING"] * 3
     assert changed[trial_ids[1]][1] == now
+
+
+def test_sqlalchemy_still_has_the_private_names_prepared_statements_use() -> None:
+    # Each is reached for only when a statement runs on the driver's cursor; a
+    # release that renames one would otherwise show up as unretried errors or
+    # leaked dead connections, not as a failing import.
+    problems = []
+    handler = getattr(Connection, "_handle_dbapi_exception", None)
+    if handler is None:
+        problems.append("Connection._handle_dbapi_exception is gone")
+    else:
+        taken = list(inspect.signature(handler).parameters)[:6]
+        if taken != ["self", "e", "statement", "parameters", "cursor", "context"]:
+            problems.append(f"Connection._handle_dbapi_exception now takes {taken}")
+    for owner in (Connection, Engine):
+        if not isinstance(getattr(owner, "_has_events", None), bool):
+            problems.append(f"{owner.__name__}._has_events is no longer a bool attribute")
+    assert not problems, (
+        f"SQLAlchemy {sqlalchemy.__version__} changed private names that "
+        f"shardproxy.store.prepared relies on: {'; '.join(problems)}. Adapt "
+        "_has_listeners and _raise_as_core_would there before widening the "
+        "SQLAlchemy bound in pyproject.toml."
+    )
+
+
+def _through_the_cursor(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
+    return any(frame.name == "_on_cursor" for frame in traceback.extract_tb(excinfo.tb))
+
+
+@pytest.mark.parametrize("server", SERVER_URLS)
+def test_a_killed_connection_is_invalidated_and_its_error_is_transient(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(server)
+    database = make_url(url).database
+    assert database is not None
+    Store(url).close()  # creates the schema
+    engine = make_write_engine(url, 1)
+    statement = Prepared(COUNT_IN, expanding=["ids"])
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            assert statement.execute(conn, {"ids": [1]}).scalar() == 0
+            assert kill_store_connections(url, database) >= 1
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as excinfo:
+                statement.execute(conn, {"ids": [1]})
+            assert _through_the_cursor(excinfo)
+            assert excinfo.value.connection_invalidated
+            assert is_transient(excinfo.value)  # so the store retries it
+            assert conn.invalidated
+        with engine.connect() as conn:  # the pool hands out a live connection again
+            assert statement.execute(conn, {"ids": [1]}).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("server", SERVER_URLS)
+def test_a_refused_write_raises_sqlalchemys_error_and_keeps_the_connection(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(server)
+    store = Store(url)
+    try:
+        store.create_new_study([0], "taken")
+    finally:
+        store.close()
+    engine = make_write_engine(url, 1)
+    statement = Prepared(insert(studies).values(study_name=bindparam("name")))
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            with pytest.raises(sqlalchemy.exc.IntegrityError) as excinfo:
+                statement.execute(conn, {"name": "taken"})
+            assert _through_the_cursor(excinfo)
+            assert not excinfo.value.connection_invalidated
+            assert not is_transient(excinfo.value)
+            conn.rollback()
+            conn.begin()
+            statement.execute(conn, {"name": "free"})
+            conn.commit()
+            names = conn.execute(select(studies.c.study_name).order_by(studies.c.study_name))
+            assert names.scalars().all() == ["free", "taken"]
+    finally:
+        engine.dispose()
