@@ -2,10 +2,12 @@
 
 CPU time of process trees from /proc (user+sys, including reaped children, so a
 tree's total stays consistent when a member exits), and the database server's own
-statement counters: MariaDB/MySQL `SHOW GLOBAL STATUS`, PostgreSQL
-`pg_stat_database` for the run's database. MariaDB's counters are server-wide, so
-the runner also samples the process list for sessions of other databases that were
-busy during the window and reports them beside the figures.
+counters of statements and of rows read: MariaDB/MySQL `SHOW GLOBAL STATUS`
+(`Innodb_rows_read`, or `Rows_read` where the server no longer has it), PostgreSQL
+`pg_stat_database` for the run's database (`tup_returned`, `tup_fetched`).
+MariaDB's counters are server-wide, so the runner also samples the process list for
+sessions of other databases that were busy during the window and reports them
+beside the figures.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ import sqlalchemy
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 MARIADB_STATUS = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_delete",
-                  "Com_commit", "Com_rollback")
+                  "Com_commit", "Com_rollback", "Innodb_rows_read", "Rows_read")
+# tup_returned: live rows read by sequential scans plus index entries returned by
+# index scans; tup_fetched: live rows fetched from tables by index scans.
 POSTGRES_STATS = ("xact_commit", "xact_rollback", "tup_returned", "tup_fetched",
                   "tup_inserted", "tup_updated", "tup_deleted")
+# What "rows read" is on each backend: the first of these counters the server has.
+# MySQL counts InnoDB's rows read; MariaDB 10.11 no longer has that counter, and its
+# Rows_read (row read requests, all engines, temporary tables excluded) takes its
+# place. The runner's own monitoring queries read no rows by either.
+ROWS_READ = {"mariadb": ("Innodb_rows_read", "Rows_read"), "postgres": ("tup_returned",)}
 DB_SERVER_NAMES = frozenset(("mariadbd", "mysqld", "postgres"))
 
 
@@ -77,7 +86,7 @@ def db_server_cpu_seconds() -> float:
 
 
 class DbCounters:
-    """Reads a backend's statement counters over short-lived admin connections."""
+    """Reads a backend's statement and row counters over short-lived admin connections."""
 
     def __init__(self, backend: str, admin_url: str, database: str) -> None:
         self.backend = backend
@@ -119,6 +128,11 @@ class DbCounters:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def rows_read_counter(backend: str, figures: dict[str, float]) -> str | None:
+    """The counter that stands for rows read among `figures`, None if there is none."""
+    return next((name for name in ROWS_READ.get(backend, ()) if name in figures), None)
 
 
 def deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -6,7 +6,9 @@
 
 The figures are per completed trial: trials counted in the database (the echo
 floor has none, so there the load's own count), CPU of the proxy tree, of the load
-processes and of the database server, and the database's statement counters.
+processes and of the database server, and the database's counters of statements and
+of rows read (`db_per_trial`: every counter `counters` reads, each ÷ trials; rows
+read also as `db_rows_read_per_trial`, with the counter it comes from).
 """
 
 from __future__ import annotations
@@ -211,13 +213,15 @@ def _db_counters_after(outcome: LoadOutcome, db: databases.Database, setup: Setu
 def _figures(outcome: LoadOutcome, db: databases.Database | None, studies: Studies,
              setup: Setup) -> dict[str, Any]:
     """Per-trial figures, once the system and the load processes have stopped."""
+    db_before = outcome.before["db"]
+    # Read before the trials are counted: on PostgreSQL that count's own scan of the
+    # trials table would otherwise land in the rows read (a whole pre-filled study).
+    db_after = _db_counters_after(outcome, db, setup) if db is not None and db_before else {}
     if db is not None:
         trials = databases.count_complete_trials(db.url, studies.ids) - (
             studies.synced[1] if studies.synced else 0)
     else:
         trials = outcome.trials
-    db_before = outcome.before["db"]
-    db_after = _db_counters_after(outcome, db, setup) if db is not None and db_before else {}
     per_trial = 1000.0 / trials if trials else float("nan")
     before, after = outcome.before, outcome.after
     figures: dict[str, Any] = {
@@ -241,6 +245,10 @@ def _figures(outcome: LoadOutcome, db: databases.Database | None, studies: Studi
     if db_after:
         delta = counters.deltas(db_before, db_after)
         figures["db_per_trial"] = {k: v / trials if trials else None for k, v in delta.items()}
+        rows = counters.rows_read_counter(setup.backend, delta)
+        if rows is not None:
+            figures["db_rows_read_counter"] = rows
+            figures["db_rows_read_per_trial"] = figures["db_per_trial"][rows]
         samples = before.get("foreign_busy_samples", [])
         figures["foreign_busy_sessions_max"] = max(samples, default=0)
     if outcome.recorder is not None:

@@ -3,7 +3,7 @@
 Every ratio compares figures of the same run, scenario and load: "x stock" is the
 row's figure divided by the stock proxy's, "x direct" by the direct RDB workers'
 (real clients), "x echo" by the echo floor's. Trials/s ratios above 1 are faster;
-CPU and statement ratios below 1 are cheaper.
+CPU, statement and rows-read ratios below 1 are cheaper.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.counters import ROWS_READ
 from bench.scenarios import Scenario
 from bench.stats import ratio
 
+# Statements; on MariaDB the rows-read counter the server has is added after them.
 MARIADB_COLUMNS = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_commit")
 POSTGRES_COLUMNS = ("xact_commit", "tup_returned", "tup_fetched", "tup_inserted", "tup_updated")
 
@@ -50,6 +52,8 @@ def one_line(cell: dict[str, Any]) -> str:
         questions = cell["db_per_trial"].get("Questions")
         if questions is not None:
             parts.append(f"{_num(questions)} statements/trial")
+    if "db_rows_read_per_trial" in cell:
+        parts.append(f"{_num(cell['db_rows_read_per_trial'])} rows read/trial")
     if cell.get("errors"):
         parts.append(f"errors: {cell['errors'][:2]}")
     return "; ".join(parts) or "latencies measured"
@@ -103,27 +107,36 @@ def throughput_table(cells: list[dict]) -> list[str]:
     return lines
 
 
+def _rows_read_counter(cells: list[dict], backend: str) -> str:
+    """The rows-read counter the run's cells have (the backend's first, if none has)."""
+    names = ROWS_READ.get(backend, ("",))
+    found = {c.get("db_rows_read_counter") for c in cells}
+    return next((name for name in names if name in found), names[0])
+
+
 def database_table(cells: list[dict], backend: str) -> list[str]:
-    columns = POSTGRES_COLUMNS if backend == "postgres" else MARIADB_COLUMNS
+    rows = _rows_read_counter(cells, backend)
+    columns = POSTGRES_COLUMNS if backend == "postgres" else (*MARIADB_COLUMNS, rows)
     first = columns[0]
     index = _index(cells)
     lines = [
         "| scenario | load | system | " + " | ".join(columns)
-        + f" | {first} × stock | {first} × direct | busy foreign sessions (max) |",
-        "|" + "---|" * (len(columns) + 6),
+        + f" | {first} × stock | {first} × direct | {rows} × stock | {rows} × direct "
+        "| busy foreign sessions (max) |",
+        "|" + "---|" * (len(columns) + 8),
     ]
     for cell in _load_rows(cells):
         per_trial = cell.get("db_per_trial")
         if not per_trial:
             continue
-        stock, direct = (_reference(index, cell, s) for s in ("stock", "direct"))
-        mine = per_trial.get(first)
-        theirs = [(r or {}).get("db_per_trial", {}).get(first) for r in (stock, direct)]
+        references = [_reference(index, cell, s) for s in ("stock", "direct")]
+        theirs = [(r or {}).get("db_per_trial", {}) for r in references]
+        ratios = [ratio(per_trial.get(c), t.get(c)) for c in (first, rows) for t in theirs]
         lines.append(
             f"| {cell['scenario']} | {cell['load']} | {_label(cell)} | "
             + " | ".join(_num(per_trial.get(c)) for c in columns)
-            + f" | {_times(ratio(mine, theirs[0]))} | {_times(ratio(mine, theirs[1]))} "
-            f"| {cell.get('foreign_busy_sessions_max', '—')} |"
+            + "".join(f" | {_times(r)}" for r in ratios)
+            + f" | {cell.get('foreign_busy_sessions_max', '—')} |"
         )
     return lines
 
@@ -131,10 +144,19 @@ def database_table(cells: list[dict], backend: str) -> list[str]:
 def _database_section(cells: list[dict], backend: str) -> list[str]:
     if backend == "sqlite":
         return ["SQLite has no statement counters."]
-    note = ("MariaDB/MySQL: SHOW GLOBAL STATUS deltas, server-wide: a busy session of "
-            "another database seen during the window means other work may be counted."
-            if backend == "mariadb" else "PostgreSQL: pg_stat_database of the run's database.")
-    return [note, "", *database_table(cells, backend)]
+    rows = _rows_read_counter(cells, backend)
+    if backend == "mariadb":
+        note = ("MariaDB/MySQL: SHOW GLOBAL STATUS deltas, server-wide: a busy session of "
+                "another database seen during the window means other work may be counted. "
+                f"Rows read: {rows}"
+                + (" (row read requests of all engines; this server has no "
+                   "Innodb_rows_read)." if rows == "Rows_read" else "."))
+    else:
+        note = ("PostgreSQL: pg_stat_database of the run's database. Rows read: "
+                "tup_returned (rows read by sequential scans and index entries returned by "
+                "index scans); tup_fetched: rows fetched from tables by index scans.")
+    return [note + " Each counter's delta over the window ÷ trials.", "",
+            *database_table(cells, backend)]
 
 
 def latency_table(cells: list[dict]) -> list[str]:

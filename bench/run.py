@@ -11,9 +11,10 @@ For each scenario, each system runs on a fresh database of the same server:
 under two loads: real Optuna workers (processes x threads running study.optimize
 through GrpcStorageProxy) and the load generator (virtual workers on grpc.aio that
 send a real worker's exact RPC sequence). The table gives trials/s, proxy CPU per
-trial (the proxy's process tree, /proc), database statements per trial (MariaDB
-SHOW GLOBAL STATUS deltas; PostgreSQL pg_stat_database), RPC latency p50/p99 per
-method, and each figure's ratio to the references measured in the same run.
+trial (the proxy's process tree, /proc), database statements and rows read per
+trial (MariaDB SHOW GLOBAL STATUS deltas; PostgreSQL pg_stat_database), RPC latency
+p50/p99 per method, and each figure's ratio to the references measured in the same
+run.
 Results go to bench/results/run-<time>-<db>.{json,md,png}.
 
 examples:
