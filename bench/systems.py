@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from bench import counters
-from shardproxy.supervisor import STANDBY_PROCESS_NAME
+from shardproxy.child import STANDBY_PROCESS_NAME
 
 PROXIES = ("shardproxy", "stock", "echo")
 SYSTEMS = ("shardproxy", "stock", "direct", "echo")

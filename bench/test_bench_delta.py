@@ -12,10 +12,10 @@ holds and `trial_id_greater_than` = the last finished trial id. The reply is the
 running trials. No gRPC transport: each system is called in-process, request bytes
 in, reply bytes out.
 
-- shardproxy: the owner side wired as `shardproxy.worker.Worker` wires it (Store,
-  StudyCaches, Service, with `Config`'s defaults), warmed with one full GetTrials,
-  then `Service.handle`. Every call syncs the study (one delta query to MariaDB)
-  and encodes the reply.
+- shardproxy: a single-shard `shardproxy.worker.Worker` with `Config`'s defaults
+  (never started: no gRPC server), warmed with one full GetTrials, then
+  `Front.handle`, the path of a request from its bytes to the reply's. Every call
+  syncs the study (one delta query to MariaDB) and encodes the reply.
 - stock: Optuna's `OptunaStorageProxyService.GetTrials`, with the request parsed and
   the reply serialized around it as gRPC's generated handler does. Over two
   storages: `get_storage(URL)` (RDBStorage in `_CachedStorage`, what
@@ -44,11 +44,9 @@ from optuna.storages._grpc.auto_generated import api_pb2
 
 from bench.databases import SERVERS, create_studies, fresh_database, prefill
 from shardproxy import codec
-from shardproxy.cache import StudyCaches
 from shardproxy.config import Config
-from shardproxy.routing import TrialStudyMap
-from shardproxy.service import METHOD_INDEX, Service
-from shardproxy.store import Store
+from shardproxy.wire import METHOD_INDEX
+from shardproxy.worker import Worker
 
 pb: Any = api_pb2
 SIZES = (1_000, 10_000, 100_000)
@@ -155,24 +153,10 @@ def study(request: pytest.FixtureRequest, mariadb: str) -> Iterator[Study]:
 # -- the systems, each a bytes-to-bytes call ---------------------------------------------
 
 
-def _owner_service(url: str) -> tuple[Store, Service]:
-    """Store, StudyCaches and Service wired as Worker.__init__ wires them."""
-    config = Config(storage_url=url)
-    store = Store(
-        url,
-        pool_size=config.db_pool_size,
-        max_batch=config.max_batch,
-        retry_deadline=config.retry_deadline,
-        commit_window=config.commit_window,
-    )
-    caches = StudyCaches(
-        lambda study_id, id_greater_than, ids: store.load_trials(
-            study_id, id_greater_than=id_greater_than, ids=ids
-        ),
-        config.cache_max_trials,
-        sync_window=config.sync_window,
-    )
-    return store, Service(store, caches, TrialStudyMap())
+def _owner_worker(url: str) -> Worker:
+    """A single-shard worker with `Config`'s defaults, never started: its front is
+    the path a GetTrials takes from request bytes to reply bytes."""
+    return Worker(Config(storage_url=url))
 
 
 class _Context:
@@ -191,11 +175,11 @@ def _stock_call(servicer: Any, request: bytes) -> bytes:
 
 @pytest.fixture
 def shardproxy_call(study: Study) -> Iterator[GetTrials]:
-    store, service = _owner_service(study.url)
+    worker = _owner_worker(study.url)
     try:
-        yield lambda request: service.handle(GET_TRIALS, request)
+        yield lambda request: worker.front.handle(GET_TRIALS, request)
     finally:
-        store.close()
+        worker.store.close()
 
 
 def _stock_fixture(storage: Any, engine: sqlalchemy.Engine) -> Iterator[GetTrials]:

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import pytest
 
-from shardproxy.routing import ForwardClient, ForwardServer
+from shardproxy.forwarding import ForwardClient, ForwardServer
 
 REQUEST = bytes(range(100))
 REPLY = b"r" * 2048

@@ -116,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config(**options)
     except ValueError as exc:
         parser.error(f"serve: {exc}")  # exits with status 2
-    from shardproxy.server import LOG_FORMAT, run
+    from shardproxy.logs import configure_logging
+    from shardproxy.server import run
 
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(config.log_level)
 
     try:
         return run(config)

@@ -11,9 +11,6 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-# Re-exported while callers still import the masker from here; its home is urls.py.
-from shardproxy.urls import masked_url as masked_url
-
 DEFAULT_STORAGE_URL = "sqlite:///shardproxy.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -1,65 +1,90 @@
-"""The front role of a worker: find the study of a request, then serve or forward it.
+"""The front role of a worker: decode a request once, find its study, serve or forward it.
 
-Every worker terminates client gRPC on the shared port. A study's cache, sync and
-write batching live in exactly one worker, its owner (`routing.owner_of`), so a
-request for a study owned elsewhere is forwarded there as raw bytes over a local
-Unix socket and the raw reply relayed back.
+Every worker terminates client gRPC on the shared port, but a study's cache, sync
+and write batching live in one worker only, its owner. The front decodes each
+request into its fields, asks the router which study it touches and which shard
+owns that study, and then either hands the decoded fields to this worker's service
+or forwards the client's raw bytes to the owner over `forwarding`, relaying the
+raw reply.
 
-Which study a request touches: study-scoped requests carry `study_id` in field 1;
-trial-scoped ones carry only `trial_id`, mapped to its study through the
-`trial_id → study_id` map (learned from CreateNewTrial replies, and from one
-primary-key lookup on a miss — the mapping never changes). Requests without a
-study (create a study, find one by name, list all) are served where they arrive.
+A request is decoded once per worker it passes through: here, and once more by
+the owner's front when it was forwarded (the channel carries bytes, not objects).
+The service never decodes.
+
+Which study a request touches: a study-scoped request names its study first; a
+trial-scoped one names its trial first, and the router knows the trial's study.
+Requests without a study (create a study, find one by name, list all) are served
+where they arrive.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
+import sqlalchemy.exc
 
 from shardproxy import codec
-from shardproxy.errors import StatusError
+from shardproxy.errors import ANSWERED_ERRORS, StatusError, status_error
 from shardproxy.metrics import Metrics
-from shardproxy.service import METHOD_INDEX, METHODS, Service, status_error
+from shardproxy.routing import Router
+from shardproxy.service import Service
+from shardproxy.wire import METHOD_INDEX, METHODS
 
-_STUDY_SCOPED = {
-    "DeleteStudy": codec.decode_id_request,
-    "SetStudyUserAttribute": lambda data: codec.decode_attr_request(data)[0],
-    "SetStudySystemAttribute": lambda data: codec.decode_attr_request(data)[0],
-    "GetStudyNameFromId": codec.decode_id_request,
-    "GetStudyDirections": codec.decode_id_request,
-    "GetStudyUserAttributes": codec.decode_id_request,
-    "GetStudySystemAttributes": codec.decode_id_request,
-    "CreateNewTrial": lambda data: codec.decode_create_new_trial_request(data)[0],
-    "GetTrialIdFromStudyIdTrialNumber": lambda data: codec.decode_trial_number_request(data)[0],
-    "GetTrials": lambda data: codec.decode_get_trials_request(data)[0],
-}
-_TRIAL_SCOPED = {
-    "SetTrialParameter": lambda data: codec.decode_set_trial_param_request(data)[0],
-    "SetTrialStateValues": lambda data: codec.decode_set_trial_state_values_request(data)[0],
+_logger = logging.getLogger(__name__)
+
+
+class Scope(enum.Enum):
+    NONE = "served where it arrives"
+    STUDY = "names its study first"
+    TRIAL = "names its trial first"
+
+
+def _fields(decode: Callable[[bytes], Any]) -> Callable[[bytes], tuple[Any, ...]]:
+    """A decoder of a one-field request, returning the field as a 1-tuple."""
+    return lambda data: (decode(data),)
+
+
+# How to read each request: its decoder (to a tuple of fields) and what it names first.
+_REQUESTS: dict[str, tuple[Callable[[bytes], tuple[Any, ...]], Scope]] = {
+    "CreateNewStudy": (codec.decode_create_new_study_request, Scope.NONE),
+    "DeleteStudy": (_fields(codec.decode_id_request), Scope.STUDY),
+    "SetStudyUserAttribute": (codec.decode_attr_request, Scope.STUDY),
+    "SetStudySystemAttribute": (codec.decode_attr_request, Scope.STUDY),
+    "GetStudyIdFromName": (_fields(codec.decode_name_request), Scope.NONE),
+    "GetStudyNameFromId": (_fields(codec.decode_id_request), Scope.STUDY),
+    "GetStudyDirections": (_fields(codec.decode_id_request), Scope.STUDY),
+    "GetStudyUserAttributes": (_fields(codec.decode_id_request), Scope.STUDY),
+    "GetStudySystemAttributes": (_fields(codec.decode_id_request), Scope.STUDY),
+    "GetAllStudies": (lambda data: codec.decode_empty_request(data) or (), Scope.NONE),
+    "CreateNewTrial": (codec.decode_create_new_trial_request, Scope.STUDY),
+    "SetTrialParameter": (codec.decode_set_trial_param_request, Scope.TRIAL),
+    "GetTrialIdFromStudyIdTrialNumber": (codec.decode_trial_number_request, Scope.STUDY),
+    "SetTrialStateValues": (codec.decode_set_trial_state_values_request, Scope.TRIAL),
     "SetTrialIntermediateValue": (
-        lambda data: codec.decode_set_trial_intermediate_value_request(data)[0]
+        codec.decode_set_trial_intermediate_value_request, Scope.TRIAL
     ),
-    "SetTrialUserAttribute": lambda data: codec.decode_attr_request(data)[0],
-    "SetTrialSystemAttribute": lambda data: codec.decode_attr_request(data)[0],
-    "GetTrial": codec.decode_id_request,
+    "SetTrialUserAttribute": (codec.decode_attr_request, Scope.TRIAL),
+    "SetTrialSystemAttribute": (codec.decode_attr_request, Scope.TRIAL),
+    "GetTrial": (_fields(codec.decode_id_request), Scope.TRIAL),
+    "GetTrials": (codec.decode_get_trials_request, Scope.STUDY),
 }
 _CREATE_NEW_TRIAL = METHOD_INDEX["CreateNewTrial"]
+_DELETE_STUDY = METHOD_INDEX["DeleteStudy"]
+_GET_TRIAL = METHOD_INDEX["GetTrial"]
 _READS = frozenset(index for index, name in enumerate(METHODS) if name.startswith("Get"))
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class Forwarder(Protocol):
+    """The client end of the forwarding channel to one other worker."""
+
     def call(
         self, method_index: int, request: bytes, timeout: float | None
     ) -> tuple[int, bytes]: ...
-
-
-def _via_trial(service: Service, trial_of: Callable[[bytes], int]) -> Callable[[bytes], int]:
-    """The study of a trial-scoped request: its trial's study."""
-    return lambda data: service.study_of_trial(trial_of(data))
 
 
 class Front:
@@ -68,51 +93,95 @@ class Front:
     def __init__(
         self,
         service: Service,
-        shard_index: int,
-        owner_of: Callable[[int], int],
+        router: Router,
         forwarders: Sequence[Forwarder | None],
         metrics: Metrics,
         forward_timeout: float,
     ) -> None:
-        self._metrics = metrics
+        """`forwarders[shard]` reaches that shard's worker (None for this one)."""
         self._service = service
-        self._shard_index = shard_index
-        self._owner_of = owner_of
+        self._router = router
         self._forwarders = forwarders
+        self._metrics = metrics
         self._forward_timeout = forward_timeout
-        self._study_of: list[Callable[[bytes], int] | None] = []
-        for name in METHODS:
-            if name in _STUDY_SCOPED:
-                self._study_of.append(_STUDY_SCOPED[name])
-            elif name in _TRIAL_SCOPED:
-                self._study_of.append(_via_trial(service, _TRIAL_SCOPED[name]))
-            else:
-                self._study_of.append(None)
+        self._requests = [_REQUESTS[name] for name in METHODS]
 
     def handle(self, method_index: int, request: bytes) -> bytes:
-        owner = self.owner_of_request(method_index, request)
-        if owner == self._shard_index:
-            return self._service.handle(method_index, request)
-        self._metrics.add(f"forwarded.{METHODS[method_index]}")
-        reply = self._forward(owner, method_index, request)
-        if method_index == _CREATE_NEW_TRIAL:
-            # CreateNewTrialReply has the shape of an id request: field 1, int64.
-            study_id = codec.decode_create_new_trial_request(request)[0]
-            self._service.remember_trial(codec.decode_id_request(reply), study_id)
+        """The reply to a client's request; raises StatusError with the status to send."""
+        try:
+            fields, study_id = self._read(method_index, request)
+            try:
+                reply = self._route(method_index, request, fields, study_id)
+            except (KeyError, StatusError) as exc:
+                if method_index != _GET_TRIAL or not _is_not_found(exc):
+                    raise
+                reply = self._get_trial_again(request, fields, study_id, exc)
+        except ANSWERED_ERRORS as exc:
+            raise _answer(exc) from exc
+        self._learn_from(method_index, reply, study_id)
         return reply
 
-    def owner_of_request(self, method_index: int, request: bytes) -> int:
-        """The shard that must serve this request (this one when no study is named)."""
-        study_of = self._study_of[method_index]
-        if study_of is None:
-            return self._shard_index
+    def handle_forwarded(self, method_index: int, request: bytes) -> tuple[int, bytes]:
+        """A request another worker forwarded to this one, its study's owner.
+
+        (0, reply bytes), or (status code, UTF-8 details) for the forwarding channel.
+        """
         try:
-            study_id = study_of(request)
-        except (codec.DecodeError, KeyError) as exc:
-            raise status_error(exc) from exc
-        return self._owner_of(study_id)
+            return 0, self.handle(method_index, request)
+        except StatusError as exc:
+            return exc.code.value[0], exc.details.encode()
+
+    def _read(self, method_index: int, request: bytes) -> tuple[tuple[Any, ...], int | None]:
+        """The request's fields, and the study it touches (None for no study)."""
+        decode, scope = self._requests[method_index]
+        fields = decode(request)
+        if scope is Scope.NONE:
+            return fields, None
+        if scope is Scope.STUDY:
+            return fields, fields[0]
+        return fields, self._router.study_of_trial(fields[0])
+
+    def _route(
+        self, method_index: int, request: bytes, fields: tuple[Any, ...], study_id: int | None
+    ) -> bytes:
+        if study_id is None:
+            return self._service.call(method_index, fields)
+        owner = self._router.owner_of(study_id)
+        if owner != self._router.shard_index:
+            return self._forward(owner, method_index, request)
+        if self._requests[method_index][1] is Scope.TRIAL:
+            fields = (study_id, *fields)
+        return self._service.call(method_index, fields)
+
+    def _get_trial_again(
+        self,
+        request: bytes,
+        fields: tuple[Any, ...],
+        remembered_study_id: int | None,
+        not_found: Exception,
+    ) -> bytes:
+        """GetTrial once more, should the remembered study of the trial be stale.
+
+        That happens only where the database hands out a deleted trial's id again
+        (SQLite): the trial is then in another study than the one remembered.
+        """
+        study_id = self._router.look_up_again(fields[0])  # KeyError: no such trial
+        if study_id == remembered_study_id:
+            raise not_found
+        return self._route(_GET_TRIAL, request, fields, study_id)
+
+    def _learn_from(self, method_index: int, reply: bytes, study_id: int | None) -> None:
+        """What the router learns from a reply: new trials' studies, deleted studies."""
+        if method_index == _CREATE_NEW_TRIAL:
+            assert study_id is not None
+            # CreateNewTrialReply has the shape of an id request: field 1, int64.
+            self._router.learn(codec.decode_id_request(reply), study_id)
+        elif method_index == _DELETE_STUDY:
+            assert study_id is not None
+            self._router.forget_study(study_id)
 
     def _forward(self, owner: int, method_index: int, request: bytes) -> bytes:
+        self._metrics.add(f"forwarded.{METHODS[method_index]}")
         forwarder = self._forwarders[owner]
         assert forwarder is not None
         try:
@@ -130,3 +199,16 @@ class Front:
             code = _STATUS_BY_VALUE.get(status, grpc.StatusCode.UNKNOWN)
             raise StatusError(code, payload.decode("utf-8", "replace"))
         return payload
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return isinstance(exc, KeyError) or (
+        isinstance(exc, StatusError) and exc.code == grpc.StatusCode.NOT_FOUND
+    )
+
+
+def _answer(exc: Exception) -> StatusError:
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        # The store retried it up to its deadline before giving up.
+        _logger.warning("database unavailable: %s", exc)
+    return status_error(exc)

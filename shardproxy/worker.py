@@ -1,17 +1,17 @@
-"""One worker process: a store, the study caches, the service, the front, a gRPC server.
+"""One worker process: a store, the study caches, the service, the router, the front, gRPC.
 
 A worker is both a front (it terminates client gRPC on the shared port) and the
-owner of one shard of the studies. `Worker` assembles the parts; `run_worker` is
-the supervisor's target in each child process. Everything that opens a socket or
-a database connection is created here, after the process started, never before
-a fork.
+owner of one shard of the studies. `Worker` assembles the parts. `prepare` and
+`serve` are its life in a worker process, as `child` runs them: `prepare` opens
+the database before the process knows its shard (a standby does it ahead),
+`serve` serves that shard until the supervisor says stop, then drains.
+Everything that opens a socket or a database connection is created here, after
+the process started, never before a fork.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,18 +20,21 @@ import grpc
 
 from shardproxy import codec
 from shardproxy.cache import StudyCaches
-from shardproxy.config import Config, masked_url
+from shardproxy.child import WorkerSpec, name_process
+from shardproxy.config import Config
 from shardproxy.errors import StatusError
+from shardproxy.forwarding import ForwardClient, ForwardServer
 from shardproxy.front import Front
+from shardproxy.logs import configure_logging
 from shardproxy.metrics import Metrics
-from shardproxy.routing import ForwardClient, ForwardServer, TrialStudyMap, owner_of
-from shardproxy.service import METHODS, Service
+from shardproxy.routing import Router
+from shardproxy.service import Service
 from shardproxy.store import Store
-from shardproxy.supervisor import WorkerSpec, name_process
+from shardproxy.urls import masked_url
+from shardproxy.wire import METHODS, SERVICE
 
 _logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "optuna.StorageService"
 # How long a forwarded request waits for its owner to come back after a crash; the
 # supervisor restarts a worker within about a second.
 OWNER_RESTART_WAIT = 10.0
@@ -64,7 +67,7 @@ class Worker:
     ) -> None:
         """`store`: one `open_store(config)` made ahead (a standby's); else opened here."""
         self.config = config
-        self.shard = shard or Shard()
+        self.shard = shard = shard or Shard()
         self.store = store = store or open_store(config)
         self.caches = StudyCaches(
             lambda study_id, id_greater_than, ids: store.load_trials(
@@ -73,11 +76,24 @@ class Worker:
             config.cache_max_trials,
             sync_window=config.sync_window,
         )
-        self.service = Service(self.store, self.caches, TrialStudyMap())
+        self.service = Service(store, self.caches)
+        self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
         self.metrics = Metrics()
-        self._forwarders: list[ForwardClient] = []
+        self._forwarders = [
+            None
+            if index == shard.index
+            # Wait for a restarting owner rather than failing the client at once.
+            else ForwardClient(path, connect_timeout=OWNER_RESTART_WAIT)
+            for index, path in enumerate(shard.peer_socket_paths)
+        ]
+        self.front = Front(
+            self.service,
+            self.router,
+            self._forwarders,
+            self.metrics,
+            forward_timeout=config.retry_deadline + 30.0,
+        )
         self._forward_server: ForwardServer | None = None
-        self.front = self._make_front()
         self._server = self._make_grpc_server()
         self.port = 0
 
@@ -89,7 +105,7 @@ class Worker:
             raise OSError(f"cannot listen on {address}")
         if self.shard.count > 1:
             path = self.shard.peer_socket_paths[self.shard.index]
-            self._forward_server = ForwardServer(path, self.service.handle_status)
+            self._forward_server = ForwardServer(path, self.front.handle_forwarded)
         self._server.start()
         _logger.info(
             "worker %d/%d listening on %s:%d, codec %s, database %s",
@@ -114,39 +130,9 @@ class Worker:
         if self._forward_server is not None:
             self._forward_server.close()
         for forwarder in self._forwarders:
-            forwarder.close()
+            if forwarder is not None:
+                forwarder.close()
         self.store.close()
-
-    def run_until_signalled(self) -> None:
-        """Serves until SIGTERM or SIGINT, then drains and returns."""
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        self.start()
-        stop.wait()
-        _logger.info("worker %d draining", self.shard.index)
-        self.stop()
-
-    def _make_front(self) -> Front | Service:
-        if self.shard.count == 1:
-            return self.service  # no routing with a single shard
-        forwarders = [
-            None
-            if index == self.shard.index
-            # Wait for a restarting owner rather than failing the client at once.
-            else ForwardClient(path, connect_timeout=OWNER_RESTART_WAIT)
-            for index, path in enumerate(self.shard.peer_socket_paths)
-        ]
-        self._forwarders = [f for f in forwarders if f is not None]
-        count = self.shard.count
-        return Front(
-            self.service,
-            self.shard.index,
-            lambda study_id: owner_of(study_id, count),
-            forwarders,
-            self.metrics,
-            forward_timeout=self.config.retry_deadline + 30.0,
-        )
 
     def _make_grpc_server(self) -> grpc.Server:
         handlers = {
@@ -157,10 +143,10 @@ class Worker:
         }
         return grpc.server(
             ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="rpc"),
-            handlers=[grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)],
+            handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
             options=[
-                # Several workers share the port; a lone one must own it outright.
-                ("grpc.so_reuseport", 1 if self.shard.count > 1 else 0),
+                # The workers share the port; the supervisor made sure nobody else holds it.
+                ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", -1),
             ],
@@ -187,13 +173,17 @@ def _rpc(
     return rpc
 
 
+# -- a worker's life in its process (see `child`) -------------------------------------
 
-def run_worker(config: Config, spec: WorkerSpec) -> None:
-    """The supervisor's target: one worker serving its shard until told to stop.
 
-    The supervisor's child entry point turns SIGTERM (and the supervisor's death)
-    into `spec.wait_for_stop()` returning True; the worker then drains.
-    """
+def prepare(config: Config) -> Store:
+    """Runs first in every worker process, before it knows its shard."""
+    configure_logging(config.log_level)
+    return open_store(config)
+
+
+def serve(config: Config, spec: WorkerSpec) -> None:
+    """Serves `spec`'s shard until told to stop (SIGTERM, or the supervisor left); drains."""
     name_process(f"shardproxy-w{spec.shard_index}")
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
     store = spec.prepared if isinstance(spec.prepared, Store) else None

@@ -25,7 +25,7 @@ import sqlalchemy
 from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
-from shardproxy.supervisor import STANDBY_PROCESS_NAME
+from shardproxy.child import STANDBY_PROCESS_NAME
 from tests.procfs import child_names
 from tests.proxies import free_port, proxy_client
 

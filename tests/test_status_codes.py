@@ -14,7 +14,7 @@ from optuna.storages._grpc.auto_generated import api_pb2
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from shardproxy.service import METHODS
+from shardproxy.wire import METHODS
 from tests.proxies import proxy_client, running_workers
 
 MINIMIZE = [StudyDirection.MINIMIZE]

@@ -64,12 +64,6 @@ def test_a_url_sqlalchemy_cannot_parse_shows_nothing_after_its_scheme(
     assert masked_url(url) == shown
 
 
-def test_the_config_module_still_offers_the_same_masker() -> None:
-    from shardproxy import config
-
-    assert config.masked_url is masked_url
-
-
 def test_importing_the_masker_does_not_import_sqlalchemy() -> None:
     code = "import sys, shardproxy.urls, shardproxy.cli; print('sqlalchemy' in sys.modules)"
     out = subprocess.run(
