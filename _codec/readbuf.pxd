@@ -1,19 +1,10 @@
-# Declarations of the read side: wire types and the read buffer.
+# Declarations of the read side: the read buffer (wire types are in wire.pxd).
 #
 # A ReadBuf is a plain struct over bytes that a Python object owned by the caller
 # keeps alive. Every read in readbuf.pxi checks `end - pos` first: a length or
 # count found in the data is never trusted.
 
 from libc.stdint cimport uint32_t, uint64_t
-
-
-cdef enum WireType:
-    VARINT = 0
-    FIXED64 = 1
-    LENGTH = 2
-    START_GROUP = 3
-    END_GROUP = 4
-    FIXED32 = 5
 
 
 cdef enum:

@@ -2,11 +2,11 @@
 
 
 def encode_id_reply(value):
-    """`1: int64`: CreateNewStudy, GetStudyIdFromName, CreateNewTrial, GetTrialId... replies."""
+    """The one id of CreateNewStudy, GetStudyIdFromName, CreateNewTrial, GetTrialId... replies."""
     cdef WriteBuf wb
     wb_init(&wb, 16)
     try:
-        wb_int64_field(&wb, 0x08, value)
+        wb_int64_field(&wb, ID_REPLY_ID_TAG, value)
         return wb_finish(&wb)
     finally:
         wb_free(&wb)
@@ -17,7 +17,7 @@ def encode_name_reply(name):
     cdef WriteBuf wb
     wb_init(&wb, 64)
     try:
-        wb_string_field(&wb, 0x0A, name)
+        wb_string_field(&wb, NAME_REPLY_STUDY_NAME_TAG, name)
         return wb_finish(&wb)
     finally:
         wb_free(&wb)
@@ -28,19 +28,19 @@ def encode_directions_reply(directions):
     cdef WriteBuf wb
     wb_init(&wb, 16)
     try:
-        wb_packed_enums(&wb, 0x0A, directions)
+        wb_packed_enums(&wb, DIRECTIONS_REPLY_DIRECTIONS_TAG, directions)
         return wb_finish(&wb)
     finally:
         wb_free(&wb)
 
 
 def encode_attrs_reply(attrs):
-    """Get{Study}{User,System}AttributesReply: key -> JSON text at field 1."""
+    """Get{Study}{User,System}AttributesReply: key -> JSON text."""
     cdef WriteBuf wb
     wb_init(&wb, 256)
     try:
         for key, value in attrs.items():
-            wb_string_entry(&wb, 0x0A, key, value)
+            wb_string_entry(&wb, ATTRS_REPLY_ATTRS_TAG, key, value)
         return wb_finish(&wb)
     finally:
         wb_free(&wb)
@@ -52,13 +52,13 @@ def encode_study(study):
     study_id, name, directions, user_attrs, system_attrs = study
     wb_init(&wb, 256)
     try:
-        wb_int64_field(&wb, 0x08, study_id)
-        wb_string_field(&wb, 0x12, name)
-        wb_packed_enums(&wb, 0x1A, directions)
+        wb_int64_field(&wb, STUDY_ID_TAG, study_id)
+        wb_string_field(&wb, STUDY_NAME_TAG, name)
+        wb_packed_enums(&wb, STUDY_DIRECTIONS_TAG, directions)
         for key, value in user_attrs.items():
-            wb_string_entry(&wb, 0x22, key, value)
+            wb_string_entry(&wb, STUDY_USER_ATTRS_TAG, key, value)
         for key, value in system_attrs.items():
-            wb_string_entry(&wb, 0x2A, key, value)
+            wb_string_entry(&wb, STUDY_SYSTEM_ATTRS_TAG, key, value)
         return wb_finish(&wb)
     finally:
         wb_free(&wb)
@@ -66,12 +66,15 @@ def encode_study(study):
 
 def encode_all_studies_reply(studies):
     """GetAllStudiesReply from encoded `Study` messages."""
-    return repeated_messages(0x0A, studies)
+    return repeated_messages(ALL_STUDIES_REPLY_STUDIES_TAG, studies)
+
+
+cdef bytes UPDATED_REPLY = bytes((STATE_VALUES_REPLY_UPDATED_TAG, 1))
 
 
 def encode_bool_reply(flag):
     """SetTrialStateValuesReply."""
-    return b"\x08\x01" if flag else b""
+    return UPDATED_REPLY if flag else b""
 
 
 def encode_trial(row):
@@ -89,33 +92,33 @@ cdef int write_trial(WriteBuf* wb, tuple row) except -1:
     (trial_id, number, state, values, datetime_start, datetime_complete,
      params, user_attrs, system_attrs, intermediate_values) = row
     cdef int32_t state_number = state
-    wb_int64_field(wb, 0x08, trial_id)
-    wb_int64_field(wb, 0x10, number)
-    wb_int64_field(wb, 0x18, state_number)
-    wb_packed_doubles(wb, 0x22, values)
-    wb_string_field(wb, 0x2A, datetime_start)
-    wb_string_field(wb, 0x32, datetime_complete)
+    wb_int64_field(wb, TRIAL_ID_TAG, trial_id)
+    wb_int64_field(wb, TRIAL_NUMBER_TAG, number)
+    wb_int64_field(wb, TRIAL_STATE_TAG, state_number)
+    wb_packed_doubles(wb, TRIAL_VALUES_TAG, values)
+    wb_string_field(wb, TRIAL_DATETIME_START_TAG, datetime_start)
+    wb_string_field(wb, TRIAL_DATETIME_COMPLETE_TAG, datetime_complete)
     for name, value, _ in params:
-        wb_double_entry(wb, 0x3A, name, value)
+        wb_double_entry(wb, TRIAL_PARAMS_TAG, name, value)
     for name, _, text in params:
-        wb_string_entry(wb, 0x42, name, text)
+        wb_string_entry(wb, TRIAL_DISTRIBUTIONS_TAG, name, text)
     for key, text in user_attrs:
-        wb_string_entry(wb, 0x4A, key, text)
+        wb_string_entry(wb, TRIAL_USER_ATTRS_TAG, key, text)
     for key, text in system_attrs:
-        wb_string_entry(wb, 0x52, key, text)
+        wb_string_entry(wb, TRIAL_SYSTEM_ATTRS_TAG, key, text)
     for step, value in intermediate_values:
-        wb_step_entry(wb, 0x5A, step, value)
+        wb_step_entry(wb, TRIAL_INTERMEDIATE_VALUES_TAG, step, value)
     return 0
 
 
 def encode_trial_reply(trial_bytes):
     """GetTrialReply around an encoded `Trial` (present even when it is empty)."""
-    return repeated_messages(0x0A, (trial_bytes,))
+    return repeated_messages(TRIAL_REPLY_TRIAL_TAG, (trial_bytes,))
 
 
 def encode_trials_reply(trials):
     """GetTrialsReply from encoded `Trial` messages, copied once and never re-encoded."""
-    return repeated_messages(0x0A, trials)
+    return repeated_messages(TRIALS_REPLY_TRIALS_TAG, trials)
 
 
 cdef bytes repeated_messages(unsigned char tag, object messages):

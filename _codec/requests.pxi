@@ -2,14 +2,14 @@
 
 
 def decode_id_request(data):
-    """The `1: int64` of DeleteStudy, GetStudy*, GetTrial requests (and id replies)."""
+    """The one int64 id of DeleteStudy, GetStudy*, GetTrial requests (and id replies)."""
     cdef bytes buf = as_bytes(data)
     cdef ReadBuf rb = rb_over(buf)
     cdef Tag tag
     cdef int64_t value = 0
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == ID_REQUEST_ID:
             value = rb_int64(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -26,11 +26,11 @@ def decode_attr_request(data):
     cdef str value = ""
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == ATTR_REQUEST_OWNER_ID:
             owner_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == ATTR_REQUEST_KEY:
             key = rb_string(&rb, &tag)
-        elif tag.field == 3:
+        elif tag.field == ATTR_REQUEST_VALUE:
             value = rb_string(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -45,7 +45,7 @@ def decode_name_request(data):
     cdef str name = ""
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == NAME_REQUEST_STUDY_NAME:
             name = rb_string(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -72,9 +72,9 @@ def decode_create_new_study_request(data):
     cdef str name = ""
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == CREATE_STUDY_REQUEST_DIRECTIONS:
             rb_int64s(&rb, &tag, directions, True)
-        elif tag.field == 2:
+        elif tag.field == CREATE_STUDY_REQUEST_STUDY_NAME:
             name = rb_string(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -95,12 +95,12 @@ def decode_create_new_trial_request(data):
     cdef bint template_is_none = False
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == CREATE_TRIAL_REQUEST_STUDY_ID:
             study_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == CREATE_TRIAL_REQUEST_TEMPLATE:
             sub = rb_message(&rb, &tag)
             template.merge(&sub, MAX_DEPTH - 1)
-        elif tag.field == 3:
+        elif tag.field == CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE:
             template_is_none = rb_bool(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -118,13 +118,13 @@ def decode_set_trial_param_request(data):
     cdef str distribution = ""
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == SET_PARAM_REQUEST_TRIAL_ID:
             trial_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == SET_PARAM_REQUEST_NAME:
             name = rb_string(&rb, &tag)
-        elif tag.field == 3:
+        elif tag.field == SET_PARAM_REQUEST_VALUE:
             value = rb_double(&rb, &tag)
-        elif tag.field == 4:
+        elif tag.field == SET_PARAM_REQUEST_DISTRIBUTION:
             distribution = rb_string(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -140,9 +140,9 @@ def decode_trial_number_request(data):
     cdef int64_t number = 0
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == TRIAL_NUMBER_REQUEST_STUDY_ID:
             study_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == TRIAL_NUMBER_REQUEST_NUMBER:
             number = rb_int64(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -159,11 +159,11 @@ def decode_set_trial_state_values_request(data):
     cdef list values = []
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == STATE_VALUES_REQUEST_TRIAL_ID:
             trial_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == STATE_VALUES_REQUEST_STATE:
             state = rb_enum(&rb, &tag)
-        elif tag.field == 3:
+        elif tag.field == STATE_VALUES_REQUEST_VALUES:
             rb_doubles(&rb, &tag, values)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -180,11 +180,11 @@ def decode_set_trial_intermediate_value_request(data):
     cdef double value = 0.0
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == INTERMEDIATE_REQUEST_TRIAL_ID:
             trial_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == INTERMEDIATE_REQUEST_STEP:
             step = rb_int64(&rb, &tag)
-        elif tag.field == 3:
+        elif tag.field == INTERMEDIATE_REQUEST_VALUE:
             value = rb_double(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -201,11 +201,11 @@ def decode_get_trials_request(data):
     cdef list included = []
     while rb.pos < rb.end:
         rb_tag(&rb, &tag)
-        if tag.field == 1:
+        if tag.field == GET_TRIALS_REQUEST_STUDY_ID:
             study_id = rb_int64(&rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == GET_TRIALS_REQUEST_INCLUDED_IDS:
             rb_int64s(&rb, &tag, included, False)
-        elif tag.field == 3:
+        elif tag.field == GET_TRIALS_REQUEST_ID_GREATER_THAN:
             id_greater_than = rb_int64(&rb, &tag)
         else:
             rb_skip(&rb, &tag, MAX_DEPTH)
@@ -252,19 +252,19 @@ cdef class _TrialFields:
         cdef ReadBuf entry
         while rb.pos < rb.end:
             rb_tag(rb, &tag)
-            if tag.field == 1:
+            if tag.field == TRIAL_ID:
                 self.trial_id = rb_int64(rb, &tag)
-            elif tag.field == 2:
+            elif tag.field == TRIAL_NUMBER:
                 self.number = rb_int64(rb, &tag)
-            elif tag.field == 3:
+            elif tag.field == TRIAL_STATE:
                 self.state = rb_enum(rb, &tag)
-            elif tag.field == 4:
+            elif tag.field == TRIAL_VALUES:
                 rb_doubles(rb, &tag, self.values)
-            elif tag.field == 5:
+            elif tag.field == TRIAL_DATETIME_START:
                 self.datetime_start = rb_string(rb, &tag)
-            elif tag.field == 6:
+            elif tag.field == TRIAL_DATETIME_COMPLETE:
                 self.datetime_complete = rb_string(rb, &tag)
-            elif 7 <= tag.field <= 11:
+            elif TRIAL_PARAMS <= tag.field <= TRIAL_INTERMEDIATE_VALUES:  # the five maps
                 entry = rb_message(rb, &tag)
                 self.merge_entry(tag.field, &entry, depth - 1)
             else:
@@ -272,15 +272,15 @@ cdef class _TrialFields:
         return 0
 
     cdef int merge_entry(self, uint32_t field, ReadBuf* rb, int depth) except -1:
-        if field == 7:
+        if field == TRIAL_PARAMS:
             read_string_double_entry(rb, depth, self.params)
-        elif field == 8:
+        elif field == TRIAL_DISTRIBUTIONS:
             read_string_string_entry(rb, depth, self.distributions)
-        elif field == 9:
+        elif field == TRIAL_USER_ATTRS:
             read_string_string_entry(rb, depth, self.user_attrs)
-        elif field == 10:
+        elif field == TRIAL_SYSTEM_ATTRS:
             read_string_string_entry(rb, depth, self.system_attrs)
-        else:
+        else:  # TRIAL_INTERMEDIATE_VALUES
             read_int64_double_entry(rb, depth, self.intermediate_values)
         return 0
 
@@ -321,9 +321,9 @@ cdef int read_string_string_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef str value = ""
     while rb.pos < rb.end:
         rb_tag(rb, &tag)
-        if tag.field == 1:
+        if tag.field == MAP_STRING_KEY:
             key = rb_string(rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == MAP_STRING_VALUE:
             value = rb_string(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)
@@ -340,9 +340,9 @@ cdef int read_string_double_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef double value = 0.0
     while rb.pos < rb.end:
         rb_tag(rb, &tag)
-        if tag.field == 1:
+        if tag.field == MAP_STRING_KEY:
             key = rb_string(rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == MAP_DOUBLE_VALUE:
             value = rb_double(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)
@@ -359,9 +359,9 @@ cdef int read_int64_double_entry(ReadBuf* rb, int depth, dict into) except -1:
     cdef double value = 0.0
     while rb.pos < rb.end:
         rb_tag(rb, &tag)
-        if tag.field == 1:
+        if tag.field == MAP_INT64_KEY:
             key = rb_int64(rb, &tag)
-        elif tag.field == 2:
+        elif tag.field == MAP_DOUBLE_VALUE:
             value = rb_double(rb, &tag)
         else:
             rb_skip(rb, &tag, depth)

@@ -114,7 +114,7 @@ cdef int wb_string_field(WriteBuf* wb, unsigned char tag, object text) except -1
 
 
 cdef int wb_string_entry(WriteBuf* wb, unsigned char tag, object key, object value) except -1:
-    """A map<string, string> entry: `tag: {1: key, 2: value}`."""
+    """A map<string, string> entry: `tag: {key, value}`."""
     cdef Py_ssize_t key_size, value_size
     cdef const char* key_utf8 = PyUnicode_AsUTF8AndSize(key, &key_size)
     cdef const char* value_utf8 = PyUnicode_AsUTF8AndSize(value, &value_size)
@@ -124,40 +124,40 @@ cdef int wb_string_entry(WriteBuf* wb, unsigned char tag, object key, object val
     wb_reserve(wb, 1 + 10 + entry_size)
     wb_put_byte(wb, tag)
     wb_put_varint(wb, <uint64_t>entry_size)
-    wb_put_byte(wb, 0x0A)
+    wb_put_byte(wb, MAP_STRING_KEY_TAG)
     wb_put_varint(wb, <uint64_t>key_size)
     wb_put_raw(wb, key_utf8, key_size)
-    wb_put_byte(wb, 0x12)
+    wb_put_byte(wb, MAP_STRING_VALUE_TAG)
     wb_put_varint(wb, <uint64_t>value_size)
     wb_put_raw(wb, value_utf8, value_size)
     return 0
 
 
 cdef int wb_double_entry(WriteBuf* wb, unsigned char tag, object key, double value) except -1:
-    """A map<string, double> entry: `tag: {1: key, 2: value}`."""
+    """A map<string, double> entry: `tag: {key, value}`."""
     cdef Py_ssize_t key_size
     cdef const char* key_utf8 = PyUnicode_AsUTF8AndSize(key, &key_size)
     cdef Py_ssize_t entry_size = 1 + varint_size(key_size) + key_size + 9
     wb_reserve(wb, 1 + 10 + entry_size)
     wb_put_byte(wb, tag)
     wb_put_varint(wb, <uint64_t>entry_size)
-    wb_put_byte(wb, 0x0A)
+    wb_put_byte(wb, MAP_STRING_KEY_TAG)
     wb_put_varint(wb, <uint64_t>key_size)
     wb_put_raw(wb, key_utf8, key_size)
-    wb_put_byte(wb, 0x11)
+    wb_put_byte(wb, MAP_DOUBLE_VALUE_TAG)
     wb_put_double(wb, value)
     return 0
 
 
 cdef int wb_step_entry(WriteBuf* wb, unsigned char tag, int64_t step, double value) except -1:
-    """A map<int64, double> entry: `tag: {1: step, 2: value}`."""
+    """A map<int64, double> entry: `tag: {step, value}`."""
     cdef int entry_size = 1 + varint_size(<uint64_t>step) + 9
     wb_reserve(wb, 2 + entry_size)
     wb_put_byte(wb, tag)
     wb_put_byte(wb, <unsigned char>entry_size)
-    wb_put_byte(wb, 0x08)
+    wb_put_byte(wb, MAP_INT64_KEY_TAG)
     wb_put_varint(wb, <uint64_t>step)
-    wb_put_byte(wb, 0x11)
+    wb_put_byte(wb, MAP_DOUBLE_VALUE_TAG)
     wb_put_double(wb, value)
     return 0
 

@@ -1,7 +1,8 @@
 """The pure-Python wire codec: the twin of the compiled `shardproxy._codec`.
 
 It reads the few fields a handler needs straight from request bytes and writes
-reply bytes from row values, with no generated protobuf classes. Both modules
+reply bytes from row values, with no generated protobuf classes; every field
+number and tag is named in shardproxy.wire. Both modules
 behave the same, down to the error messages; the tests hold them to it and to
 Optuna's own `api_pb2` classes.
 
@@ -22,6 +23,82 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeAlias
 
 from shardproxy.rows import StudyRow, TrialRow
+from shardproxy.wire import (
+    ALL_STUDIES_REPLY_STUDIES_TAG,
+    ATTR_REQUEST_KEY,
+    ATTR_REQUEST_OWNER_ID,
+    ATTR_REQUEST_VALUE,
+    ATTRS_REPLY_ATTRS_TAG,
+    CREATE_STUDY_REQUEST_DIRECTIONS,
+    CREATE_STUDY_REQUEST_STUDY_NAME,
+    CREATE_TRIAL_REQUEST_STUDY_ID,
+    CREATE_TRIAL_REQUEST_TEMPLATE,
+    CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE,
+    DIRECTIONS_REPLY_DIRECTIONS_TAG,
+    END_GROUP,
+    FIXED32,
+    FIXED64,
+    GET_TRIALS_REQUEST_ID_GREATER_THAN,
+    GET_TRIALS_REQUEST_INCLUDED_IDS,
+    GET_TRIALS_REQUEST_STUDY_ID,
+    ID_REPLY_ID_TAG,
+    ID_REQUEST_ID,
+    INTERMEDIATE_REQUEST_STEP,
+    INTERMEDIATE_REQUEST_TRIAL_ID,
+    INTERMEDIATE_REQUEST_VALUE,
+    LENGTH,
+    MAP_DOUBLE_VALUE,
+    MAP_DOUBLE_VALUE_TAG,
+    MAP_INT64_KEY,
+    MAP_INT64_KEY_TAG,
+    MAP_STRING_KEY,
+    MAP_STRING_KEY_TAG,
+    MAP_STRING_VALUE,
+    MAP_STRING_VALUE_TAG,
+    NAME_REPLY_STUDY_NAME_TAG,
+    NAME_REQUEST_STUDY_NAME,
+    SET_PARAM_REQUEST_DISTRIBUTION,
+    SET_PARAM_REQUEST_NAME,
+    SET_PARAM_REQUEST_TRIAL_ID,
+    SET_PARAM_REQUEST_VALUE,
+    START_GROUP,
+    STATE_VALUES_REPLY_UPDATED_TAG,
+    STATE_VALUES_REQUEST_STATE,
+    STATE_VALUES_REQUEST_TRIAL_ID,
+    STATE_VALUES_REQUEST_VALUES,
+    STUDY_DIRECTIONS_TAG,
+    STUDY_ID_TAG,
+    STUDY_NAME_TAG,
+    STUDY_SYSTEM_ATTRS_TAG,
+    STUDY_USER_ATTRS_TAG,
+    TRIAL_DATETIME_COMPLETE,
+    TRIAL_DATETIME_COMPLETE_TAG,
+    TRIAL_DATETIME_START,
+    TRIAL_DATETIME_START_TAG,
+    TRIAL_DISTRIBUTIONS,
+    TRIAL_DISTRIBUTIONS_TAG,
+    TRIAL_ID,
+    TRIAL_ID_TAG,
+    TRIAL_INTERMEDIATE_VALUES,
+    TRIAL_INTERMEDIATE_VALUES_TAG,
+    TRIAL_NUMBER,
+    TRIAL_NUMBER_REQUEST_NUMBER,
+    TRIAL_NUMBER_REQUEST_STUDY_ID,
+    TRIAL_NUMBER_TAG,
+    TRIAL_PARAMS,
+    TRIAL_PARAMS_TAG,
+    TRIAL_REPLY_TRIAL_TAG,
+    TRIAL_STATE,
+    TRIAL_STATE_TAG,
+    TRIAL_SYSTEM_ATTRS,
+    TRIAL_SYSTEM_ATTRS_TAG,
+    TRIAL_USER_ATTRS,
+    TRIAL_USER_ATTRS_TAG,
+    TRIAL_VALUES,
+    TRIAL_VALUES_TAG,
+    TRIALS_REPLY_TRIALS_TAG,
+    VARINT,
+)
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -29,8 +106,6 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 class DecodeError(ValueError):
     """Bytes that are not a valid encoding of the expected message."""
 
-
-VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
 # Python protobuf lets a message nest 100 levels deep; every submessage, map
 # entry and group takes one level.
@@ -241,13 +316,13 @@ def _varints(
 
 
 def decode_id_request(data: Buffer) -> int:
-    """The `1: int64` of DeleteStudy, GetStudy*, GetTrial requests (and id replies)."""
+    """The one int64 id of DeleteStudy, GetStudy*, GetTrial requests (and id replies)."""
     data = _as_bytes(data)
     pos, end = 0, len(data)
     value = 0
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == ID_REQUEST_ID:
             value, pos = _int64(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -261,11 +336,11 @@ def decode_attr_request(data: Buffer) -> tuple[int, str, str]:
     owner_id, key, value = 0, "", ""
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == ATTR_REQUEST_OWNER_ID:
             owner_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == ATTR_REQUEST_KEY:
             key, pos = _string(data, pos, end, field, wire_type)
-        elif field == 3:
+        elif field == ATTR_REQUEST_VALUE:
             value, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -279,7 +354,7 @@ def decode_name_request(data: Buffer) -> str:
     name = ""
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == NAME_REQUEST_STUDY_NAME:
             name, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -303,9 +378,9 @@ def decode_create_new_study_request(data: Buffer) -> tuple[list[int], str]:
     name = ""
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == CREATE_STUDY_REQUEST_DIRECTIONS:
             pos = _varints(data, pos, end, field, wire_type, directions, _as_int32)
-        elif field == 2:
+        elif field == CREATE_STUDY_REQUEST_STUDY_NAME:
             name, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -324,12 +399,12 @@ def decode_create_new_trial_request(data: Buffer) -> tuple[int, TrialRow | None]
     template_is_none = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == CREATE_TRIAL_REQUEST_STUDY_ID:
             study_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == CREATE_TRIAL_REQUEST_TEMPLATE:
             start, pos = _message(data, pos, end, field, wire_type)
             template.merge(data, start, pos, MAX_DEPTH - 1)
-        elif field == 3:
+        elif field == CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE:
             template_is_none, pos = _bool(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -343,13 +418,13 @@ def decode_set_trial_param_request(data: Buffer) -> tuple[int, str, float, str]:
     trial_id, name, value, distribution = 0, "", 0.0, ""
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == SET_PARAM_REQUEST_TRIAL_ID:
             trial_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == SET_PARAM_REQUEST_NAME:
             name, pos = _string(data, pos, end, field, wire_type)
-        elif field == 3:
+        elif field == SET_PARAM_REQUEST_VALUE:
             value, pos = _double(data, pos, end, field, wire_type)
-        elif field == 4:
+        elif field == SET_PARAM_REQUEST_DISTRIBUTION:
             distribution, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -363,9 +438,9 @@ def decode_trial_number_request(data: Buffer) -> tuple[int, int]:
     study_id, number = 0, 0
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == TRIAL_NUMBER_REQUEST_STUDY_ID:
             study_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == TRIAL_NUMBER_REQUEST_NUMBER:
             number, pos = _int64(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -380,11 +455,11 @@ def decode_set_trial_state_values_request(data: Buffer) -> tuple[int, int, list[
     values: list[float] = []
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == STATE_VALUES_REQUEST_TRIAL_ID:
             trial_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == STATE_VALUES_REQUEST_STATE:
             state, pos = _enum(data, pos, end, field, wire_type)
-        elif field == 3:
+        elif field == STATE_VALUES_REQUEST_VALUES:
             pos = _doubles(data, pos, end, field, wire_type, values)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -398,11 +473,11 @@ def decode_set_trial_intermediate_value_request(data: Buffer) -> tuple[int, int,
     trial_id, step, value = 0, 0, 0.0
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == INTERMEDIATE_REQUEST_TRIAL_ID:
             trial_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == INTERMEDIATE_REQUEST_STEP:
             step, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 3:
+        elif field == INTERMEDIATE_REQUEST_VALUE:
             value, pos = _double(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -417,11 +492,11 @@ def decode_get_trials_request(data: Buffer) -> tuple[int, list[int], int]:
     included: list[int] = []
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == GET_TRIALS_REQUEST_STUDY_ID:
             study_id, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == GET_TRIALS_REQUEST_INCLUDED_IDS:
             pos = _varints(data, pos, end, field, wire_type, included, _as_int64)
-        elif field == 3:
+        elif field == GET_TRIALS_REQUEST_ID_GREATER_THAN:
             id_greater_than, pos = _int64(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, MAX_DEPTH)
@@ -469,34 +544,34 @@ class _TrialFields:
     def merge(self, data: bytes, pos: int, end: int, depth: int) -> None:
         while pos < end:
             field, wire_type, pos = _read_tag(data, pos, end)
-            if field == 1:
+            if field == TRIAL_ID:
                 self.trial_id, pos = _int64(data, pos, end, field, wire_type)
-            elif field == 2:
+            elif field == TRIAL_NUMBER:
                 self.number, pos = _int64(data, pos, end, field, wire_type)
-            elif field == 3:
+            elif field == TRIAL_STATE:
                 self.state, pos = _enum(data, pos, end, field, wire_type)
-            elif field == 4:
+            elif field == TRIAL_VALUES:
                 pos = _doubles(data, pos, end, field, wire_type, self.values)
-            elif field == 5:
+            elif field == TRIAL_DATETIME_START:
                 self.datetime_start, pos = _string(data, pos, end, field, wire_type)
-            elif field == 6:
+            elif field == TRIAL_DATETIME_COMPLETE:
                 self.datetime_complete, pos = _string(data, pos, end, field, wire_type)
-            elif 7 <= field <= 11:
+            elif TRIAL_PARAMS <= field <= TRIAL_INTERMEDIATE_VALUES:  # the five maps
                 start, pos = _message(data, pos, end, field, wire_type)
                 self._merge_entry(field, data, start, pos, depth - 1)
             else:
                 pos = _skip(data, pos, end, field, wire_type, depth)
 
     def _merge_entry(self, field: int, data: bytes, pos: int, end: int, depth: int) -> None:
-        if field == 7:
+        if field == TRIAL_PARAMS:
             _read_string_double_entry(data, pos, end, depth, self.params)
-        elif field == 8:
+        elif field == TRIAL_DISTRIBUTIONS:
             _read_string_string_entry(data, pos, end, depth, self.distributions)
-        elif field == 9:
+        elif field == TRIAL_USER_ATTRS:
             _read_string_string_entry(data, pos, end, depth, self.user_attrs)
-        elif field == 10:
+        elif field == TRIAL_SYSTEM_ATTRS:
             _read_string_string_entry(data, pos, end, depth, self.system_attrs)
-        else:
+        else:  # TRIAL_INTERMEDIATE_VALUES
             _read_int64_double_entry(data, pos, end, depth, self.intermediate_values)
 
     def row(self) -> TrialRow:
@@ -536,9 +611,9 @@ def _read_string_string_entry(
     dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == MAP_STRING_KEY:
             key, pos = _string(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == MAP_STRING_VALUE:
             value, pos = _string(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
@@ -554,9 +629,9 @@ def _read_string_double_entry(
     dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == MAP_STRING_KEY:
             key, pos = _string(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == MAP_DOUBLE_VALUE:
             value, pos = _double(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
@@ -572,9 +647,9 @@ def _read_int64_double_entry(
     dropped = False
     while pos < end:
         field, wire_type, pos = _read_tag(data, pos, end)
-        if field == 1:
+        if field == MAP_INT64_KEY:
             key, pos = _int64(data, pos, end, field, wire_type)
-        elif field == 2:
+        elif field == MAP_DOUBLE_VALUE:
             value, pos = _double(data, pos, end, field, wire_type)
         else:
             pos = _skip(data, pos, end, field, wire_type, depth)
@@ -585,9 +660,20 @@ def _read_int64_double_entry(
 
 # -- replies ------------------------------------------------------------------
 
+# Every byte below 0x80: a one-byte varint, and (see shardproxy.wire) every tag.
 _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
-# An intermediate value entry `11: {1: step, 2: value}` for a step below 128, up to its double.
-_SMALL_STEP_ENTRY = [bytes((0x5A, 11, 0x08, step, 0x11)) for step in range(0x80)]
+# The tags inside map entries, as written.
+_STRING_KEY = _ONE_BYTE[MAP_STRING_KEY_TAG]
+_INT64_KEY = _ONE_BYTE[MAP_INT64_KEY_TAG]
+_STRING_VALUE = _ONE_BYTE[MAP_STRING_VALUE_TAG]
+_DOUBLE_VALUE = _ONE_BYTE[MAP_DOUBLE_VALUE_TAG]
+# An intermediate value entry `{key: step, value: double}` for a step below 128, up to
+# its double: the entry takes 11 bytes (key tag, step, value tag, 8-byte double).
+_SMALL_STEP_ENTRY = [
+    bytes((TRIAL_INTERMEDIATE_VALUES_TAG, 11, MAP_INT64_KEY_TAG, step, MAP_DOUBLE_VALUE_TAG))
+    for step in range(0x80)
+]
+_UPDATED_REPLY = bytes((STATE_VALUES_REPLY_UPDATED_TAG, 1))
 
 
 def _varint(value: int) -> bytes:
@@ -619,121 +705,125 @@ def _enum_varint(value: int) -> bytes:
     return _varint(value & _MASK64)
 
 
-# Each *_field helper leaves the field out when it holds the proto3 default, but
-# checks the value's type first, as the compiled twin does.
+# Each helper takes a field's tag from shardproxy.wire. Each *_field helper leaves
+# the field out when it holds the proto3 default, but checks the value's type
+# first, as the compiled twin does.
 
 
-def _int64_field(tag: bytes, value: int) -> bytes:
+def _int64_field(tag: int, value: int) -> bytes:
     varint = _int64_varint(value)
-    return tag + varint if value else b""
+    return _ONE_BYTE[tag] + varint if value else b""
 
 
-def _enum_field(tag: bytes, value: int) -> bytes:
+def _enum_field(tag: int, value: int) -> bytes:
     varint = _enum_varint(value)
-    return tag + varint if value else b""
+    return _ONE_BYTE[tag] + varint if value else b""
 
 
-def _string_field(tag: bytes, text: str) -> bytes:
+def _string_field(tag: int, text: str) -> bytes:
     payload = str.encode(text)
-    return tag + _varint(len(payload)) + payload if payload else b""
+    return _ONE_BYTE[tag] + _varint(len(payload)) + payload if payload else b""
 
 
-def _packed_enums(tag: bytes, values: Iterable[int]) -> bytes:
+def _packed_enums(tag: int, values: Iterable[int]) -> bytes:
     payload = b"".join([_enum_varint(v) for v in values])
-    return tag + _varint(len(payload)) + payload if payload else b""
+    return _ONE_BYTE[tag] + _varint(len(payload)) + payload if payload else b""
 
 
-def _packed_doubles(tag: bytes, values: Sequence[float]) -> bytes:
+def _packed_doubles(tag: int, values: Sequence[float]) -> bytes:
     payload = struct.pack(f"<{len(values)}d", *values)
-    return tag + _varint(len(payload)) + payload if payload else b""
+    return _ONE_BYTE[tag] + _varint(len(payload)) + payload if payload else b""
 
 
-def _string_entry(tag: bytes, key: str, value: str) -> bytes:
-    """A map<string, string> entry: `tag: {1: key, 2: value}`."""
+def _string_entry(tag: int, key: str, value: str) -> bytes:
+    """A map<string, string> entry: `tag: {key, value}`."""
     key_bytes = str.encode(key)
     value_bytes = str.encode(value)
     entry = b"".join(
         (
-            b"\x0a",
+            _STRING_KEY,
             _varint(len(key_bytes)),
             key_bytes,
-            b"\x12",
+            _STRING_VALUE,
             _varint(len(value_bytes)),
             value_bytes,
         )
     )
-    return tag + _varint(len(entry)) + entry
+    return _ONE_BYTE[tag] + _varint(len(entry)) + entry
 
 
-def _double_entry(tag: bytes, key: str, value: float) -> bytes:
-    """A map<string, double> entry: `tag: {1: key, 2: value}`."""
+def _double_entry(tag: int, key: str, value: float) -> bytes:
+    """A map<string, double> entry: `tag: {key, value}`."""
     key_bytes = str.encode(key)
-    entry = b"\x0a" + _varint(len(key_bytes)) + key_bytes + b"\x11" + _pack_double(value)
-    return tag + _varint(len(entry)) + entry
+    entry = _STRING_KEY + _varint(len(key_bytes)) + key_bytes + _DOUBLE_VALUE + _pack_double(value)
+    return _ONE_BYTE[tag] + _varint(len(entry)) + entry
 
 
 def _step_entry(step: int, value: float) -> bytes:
-    """An intermediate value: the map<int64, double> entry `11: {1: step, 2: value}`."""
+    """An intermediate value: the map<int64, double> entry `{step, value}`."""
     if 0 <= step < 0x80:
         return _SMALL_STEP_ENTRY[step] + _pack_double(value)
-    entry = b"\x08" + _int64_varint(step) + b"\x11" + _pack_double(value)
-    return b"\x5a" + _varint(len(entry)) + entry
+    entry = _INT64_KEY + _int64_varint(step) + _DOUBLE_VALUE + _pack_double(value)
+    return _ONE_BYTE[TRIAL_INTERMEDIATE_VALUES_TAG] + _varint(len(entry)) + entry
 
 
-def _repeated_messages(tag: bytes, messages: Iterable[Buffer]) -> bytes:
+def _repeated_messages(tag: int, messages: Iterable[Buffer]) -> bytes:
     """`tag: message` for each message, joined once."""
     pieces: list[bytes] = []
     append = pieces.append
+    tag_byte = _ONE_BYTE[tag]
     for message in messages:
         if type(message) is not bytes:
             message = bytes(memoryview(message))
-        append(tag)
+        append(tag_byte)
         append(_varint(len(message)))
         append(message)
     return b"".join(pieces)
 
 
 def encode_id_reply(value: int) -> bytes:
-    """`1: int64`: CreateNewStudy, GetStudyIdFromName, CreateNewTrial, GetTrialId... replies."""
-    return _int64_field(b"\x08", value)
+    """The one id of CreateNewStudy, GetStudyIdFromName, CreateNewTrial, GetTrialId... replies."""
+    return _int64_field(ID_REPLY_ID_TAG, value)
 
 
 def encode_name_reply(name: str) -> bytes:
     """GetStudyNameFromIdReply."""
-    return _string_field(b"\x0a", name)
+    return _string_field(NAME_REPLY_STUDY_NAME_TAG, name)
 
 
 def encode_directions_reply(directions: Iterable[int]) -> bytes:
     """GetStudyDirectionsReply."""
-    return _packed_enums(b"\x0a", directions)
+    return _packed_enums(DIRECTIONS_REPLY_DIRECTIONS_TAG, directions)
 
 
 def encode_attrs_reply(attrs: Mapping[str, str]) -> bytes:
-    """Get{Study}{User,System}AttributesReply: key -> JSON text at field 1."""
-    return b"".join([_string_entry(b"\x0a", key, value) for key, value in attrs.items()])
+    """Get{Study}{User,System}AttributesReply: key -> JSON text."""
+    return b"".join(
+        [_string_entry(ATTRS_REPLY_ATTRS_TAG, key, value) for key, value in attrs.items()]
+    )
 
 
 def encode_study(study: StudyRow) -> bytes:
     """A `Study` message."""
     study_id, name, directions, user_attrs, system_attrs = study
     pieces = [
-        _int64_field(b"\x08", study_id),
-        _string_field(b"\x12", name),
-        _packed_enums(b"\x1a", directions),
+        _int64_field(STUDY_ID_TAG, study_id),
+        _string_field(STUDY_NAME_TAG, name),
+        _packed_enums(STUDY_DIRECTIONS_TAG, directions),
     ]
-    pieces += [_string_entry(b"\x22", key, value) for key, value in user_attrs.items()]
-    pieces += [_string_entry(b"\x2a", key, value) for key, value in system_attrs.items()]
+    pieces += [_string_entry(STUDY_USER_ATTRS_TAG, k, v) for k, v in user_attrs.items()]
+    pieces += [_string_entry(STUDY_SYSTEM_ATTRS_TAG, k, v) for k, v in system_attrs.items()]
     return b"".join(pieces)
 
 
 def encode_all_studies_reply(studies: Iterable[Buffer]) -> bytes:
     """GetAllStudiesReply from encoded `Study` messages."""
-    return _repeated_messages(b"\x0a", studies)
+    return _repeated_messages(ALL_STUDIES_REPLY_STUDIES_TAG, studies)
 
 
 def encode_bool_reply(flag: bool) -> bytes:
     """SetTrialStateValuesReply."""
-    return b"\x08\x01" if flag else b""
+    return _UPDATED_REPLY if flag else b""
 
 
 def encode_trial(row: TrialRow) -> bytes:
@@ -741,26 +831,26 @@ def encode_trial(row: TrialRow) -> bytes:
     (trial_id, number, state, values, datetime_start, datetime_complete,
      params, user_attrs, system_attrs, intermediate_values) = row  # fmt: skip
     pieces = [
-        _int64_field(b"\x08", trial_id),
-        _int64_field(b"\x10", number),
-        _enum_field(b"\x18", state),
-        _packed_doubles(b"\x22", values),
-        _string_field(b"\x2a", datetime_start),
-        _string_field(b"\x32", datetime_complete),
+        _int64_field(TRIAL_ID_TAG, trial_id),
+        _int64_field(TRIAL_NUMBER_TAG, number),
+        _enum_field(TRIAL_STATE_TAG, state),
+        _packed_doubles(TRIAL_VALUES_TAG, values),
+        _string_field(TRIAL_DATETIME_START_TAG, datetime_start),
+        _string_field(TRIAL_DATETIME_COMPLETE_TAG, datetime_complete),
     ]
-    pieces += [_double_entry(b"\x3a", name, value) for name, value, _ in params]
-    pieces += [_string_entry(b"\x42", name, text) for name, _, text in params]
-    pieces += [_string_entry(b"\x4a", key, text) for key, text in user_attrs]
-    pieces += [_string_entry(b"\x52", key, text) for key, text in system_attrs]
+    pieces += [_double_entry(TRIAL_PARAMS_TAG, name, value) for name, value, _ in params]
+    pieces += [_string_entry(TRIAL_DISTRIBUTIONS_TAG, name, text) for name, _, text in params]
+    pieces += [_string_entry(TRIAL_USER_ATTRS_TAG, key, text) for key, text in user_attrs]
+    pieces += [_string_entry(TRIAL_SYSTEM_ATTRS_TAG, key, text) for key, text in system_attrs]
     pieces += [_step_entry(step, value) for step, value in intermediate_values]
     return b"".join(pieces)
 
 
 def encode_trial_reply(trial_bytes: Buffer) -> bytes:
     """GetTrialReply around an encoded `Trial` (present even when it is empty)."""
-    return _repeated_messages(b"\x0a", (trial_bytes,))
+    return _repeated_messages(TRIAL_REPLY_TRIAL_TAG, (trial_bytes,))
 
 
 def encode_trials_reply(trials: Iterable[Buffer]) -> bytes:
     """GetTrialsReply from encoded `Trial` messages, copied once and never re-encoded."""
-    return _repeated_messages(b"\x0a", trials)
+    return _repeated_messages(TRIALS_REPLY_TRIALS_TAG, trials)
