@@ -2,7 +2,8 @@
 
 The virtual workers send exactly the bytes `GrpcStorageProxy` sends (proto3: fields
 in number order, zero values omitted, repeated scalars packed, negative int64 as a
-ten-byte varint); tests compare every encoder here with Optuna's `api_pb2`. Only
+ten-byte varint); tests compare every encoder here with Optuna's `api_pb2`. Field
+tags and the service name are shardproxy.wire's, as the proxy's codecs use them. Only
 trial ids and states are read from replies: that is all the client cache's
 `included_trial_ids`/`trial_id_greater_than` bookkeeping needs.
 """
@@ -11,17 +12,42 @@ from __future__ import annotations
 
 import struct
 
-SERVICE = "optuna.StorageService"
+from shardproxy.wire import (
+    ATTR_REQUEST_KEY_TAG,
+    ATTR_REQUEST_OWNER_ID_TAG,
+    ATTR_REQUEST_VALUE_TAG,
+    CREATE_TRIAL_REQUEST_STUDY_ID_TAG,
+    CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE_TAG,
+    FIXED32,
+    FIXED64,
+    GET_TRIALS_REQUEST_ID_GREATER_THAN_TAG,
+    GET_TRIALS_REQUEST_INCLUDED_IDS_TAG,
+    GET_TRIALS_REQUEST_STUDY_ID_TAG,
+    ID_REPLY_ID_TAG,
+    ID_REQUEST_ID_TAG,
+    LENGTH,
+    SET_PARAM_REQUEST_DISTRIBUTION_TAG,
+    SET_PARAM_REQUEST_NAME_TAG,
+    SET_PARAM_REQUEST_TRIAL_ID_TAG,
+    SET_PARAM_REQUEST_VALUE_TAG,
+    STATE_VALUES_REQUEST_STATE_TAG,
+    STATE_VALUES_REQUEST_TRIAL_ID_TAG,
+    STATE_VALUES_REQUEST_VALUES_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_STATE_TAG,
+    TRIALS_REPLY_TRIALS_TAG,
+    VARINT,
+)
+
+# The load generator's callers reach the service through this module.
+from shardproxy.wire import SERVICE as SERVICE
+from shardproxy.wire import method_path as method_path
 
 RUNNING, COMPLETE, PRUNED, FAIL, WAITING = 0, 1, 2, 3, 4
 FINISHED = frozenset((COMPLETE, PRUNED, FAIL))
 
 _MASK64 = (1 << 64) - 1
 _pack_double = struct.Struct("<d").pack
-
-
-def method_path(name: str) -> str:
-    return f"/{SERVICE}/{name}"
 
 
 def varint(value: int) -> bytes:
@@ -52,44 +78,55 @@ def _double_field(tag: int, value: float) -> bytes:
 def get_trials(study_id: int, included_trial_ids: object, trial_id_greater_than: int) -> bytes:
     ids = b"".join(varint(i) for i in included_trial_ids)  # type: ignore[attr-defined]
     return (
-        _int_field(0x08, study_id)
-        + _bytes_field(0x12, ids)
-        + _int_field(0x18, trial_id_greater_than)
+        _int_field(GET_TRIALS_REQUEST_STUDY_ID_TAG, study_id)
+        + _bytes_field(GET_TRIALS_REQUEST_INCLUDED_IDS_TAG, ids)
+        + _int_field(GET_TRIALS_REQUEST_ID_GREATER_THAN_TAG, trial_id_greater_than)
     )
 
 
 def create_new_trial(study_id: int) -> bytes:
     """A CreateNewTrialRequest without a template (`template_trial_is_none=True`)."""
-    return _int_field(0x08, study_id) + b"\x18\x01"
+    return _int_field(CREATE_TRIAL_REQUEST_STUDY_ID_TAG, study_id) + _int_field(
+        CREATE_TRIAL_REQUEST_TEMPLATE_IS_NONE_TAG, True
+    )
 
 
 def get_trial(trial_id: int) -> bytes:
-    return _int_field(0x08, trial_id)
+    return _int_field(ID_REQUEST_ID_TAG, trial_id)
 
 
 def param_tail(param_name: str, distribution_json: str) -> tuple[bytes, bytes]:
     """The constant parts of a SetTrialParameterRequest around its value field."""
     return (
-        _bytes_field(0x12, param_name.encode()),
-        _bytes_field(0x22, distribution_json.encode()),
+        _bytes_field(SET_PARAM_REQUEST_NAME_TAG, param_name.encode()),
+        _bytes_field(SET_PARAM_REQUEST_DISTRIBUTION_TAG, distribution_json.encode()),
     )
 
 
 def set_trial_parameter(trial_id: int, tail: tuple[bytes, bytes], value: float) -> bytes:
     name, distribution = tail
-    return _int_field(0x08, trial_id) + name + _double_field(0x19, value) + distribution
+    return (
+        _int_field(SET_PARAM_REQUEST_TRIAL_ID_TAG, trial_id)
+        + name
+        + _double_field(SET_PARAM_REQUEST_VALUE_TAG, value)
+        + distribution
+    )
 
 
 def set_trial_state_values(trial_id: int, state: int, values: list[float]) -> bytes:
     packed = b"".join(_pack_double(v) for v in values)
-    return _int_field(0x08, trial_id) + _int_field(0x10, state) + _bytes_field(0x1A, packed)
+    return (
+        _int_field(STATE_VALUES_REQUEST_TRIAL_ID_TAG, trial_id)
+        + _int_field(STATE_VALUES_REQUEST_STATE_TAG, state)
+        + _bytes_field(STATE_VALUES_REQUEST_VALUES_TAG, packed)
+    )
 
 
 def set_trial_system_attribute(trial_id: int, key: str, value_json: str) -> bytes:
     return (
-        _int_field(0x08, trial_id)
-        + _bytes_field(0x12, key.encode())
-        + _bytes_field(0x1A, value_json.encode())
+        _int_field(ATTR_REQUEST_OWNER_ID_TAG, trial_id)
+        + _bytes_field(ATTR_REQUEST_KEY_TAG, key.encode())
+        + _bytes_field(ATTR_REQUEST_VALUE_TAG, value_json.encode())
     )
 
 
@@ -108,14 +145,14 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _skip(data: bytes, pos: int, wire_type: int) -> int:
-    if wire_type == 0:
+    if wire_type == VARINT:
         return _read_varint(data, pos)[1]
-    if wire_type == 1:
+    if wire_type == FIXED64:
         return pos + 8
-    if wire_type == 2:
+    if wire_type == LENGTH:
         length, pos = _read_varint(data, pos)
         return pos + length
-    if wire_type == 5:
+    if wire_type == FIXED32:
         return pos + 4
     raise ValueError(f"unexpected wire type {wire_type}")
 
@@ -125,11 +162,11 @@ def _signed(value: int) -> int:
 
 
 def single_int(reply: bytes) -> int:
-    """Field 1 of a reply holding one int64 (CreateNewTrialReply.trial_id, ...)."""
+    """The one id of a reply holding one int64 (CreateNewTrialReply.trial_id, ...)."""
     pos, end, value = 0, len(reply), 0
     while pos < end:
         key, pos = _read_varint(reply, pos)
-        if key == 0x08:
+        if key == ID_REPLY_ID_TAG:
             raw, pos = _read_varint(reply, pos)
             value = _signed(raw)
         else:
@@ -138,14 +175,14 @@ def single_int(reply: bytes) -> int:
 
 
 def _trial_id_and_state(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Trial.trial_id (1) and Trial.state (3), wherever they are in the message."""
+    """Trial.trial_id and Trial.state, wherever they are in the message."""
     trial_id = state = 0
     while pos < end:
         key, pos = _read_varint(data, pos)
-        if key == 0x08:
+        if key == TRIAL_ID_TAG:
             raw, pos = _read_varint(data, pos)
             trial_id = _signed(raw)
-        elif key == 0x18:
+        elif key == TRIAL_STATE_TAG:
             state, pos = _read_varint(data, pos)
         else:
             pos = _skip(data, pos, key & 7)
@@ -158,7 +195,7 @@ def trials_of_reply(reply: bytes) -> list[tuple[int, int]]:
     pos, end = 0, len(reply)
     while pos < end:
         key, pos = _read_varint(reply, pos)
-        if key != 0x0A:
+        if key != TRIALS_REPLY_TRIALS_TAG:
             pos = _skip(reply, pos, key & 7)
             continue
         length, pos = _read_varint(reply, pos)
