@@ -37,6 +37,8 @@ from shardproxy.rows import TrialRow
 # load_trials(study_id, id_greater_than, ids) -> rows sorted by trial_id; KeyError
 # when the study does not exist.
 LoadTrials = Callable[[int, int, Collection[int]], list[TrialRow]]
+# Told, as each sync starts, how many reads it serves (metrics); None: nobody listens.
+OnSync = Callable[[int], None] | None
 
 
 class _CachedTrial:
@@ -58,15 +60,19 @@ class _CachedTrial:
 class StudyCache:
     """The trials of one study, and the single-flight sync that refreshes them."""
 
-    def __init__(self, study_id: int, load_trials: LoadTrials, window: float = 0.0) -> None:
+    def __init__(
+        self, study_id: int, load_trials: LoadTrials, window: float = 0.0, on_sync: OnSync = None
+    ) -> None:
         self.study_id = study_id
         self._load_trials = load_trials
         self._window = window
+        self._on_sync = on_sync
         self._lock = threading.Lock()
         self._trials: dict[int, _CachedTrial] = {}
         self._ids: list[int] = []  # every cached trial id, ascending
         self._unfinished: set[int] = set()
         self._max_id = -1
+        self.encoded_bytes = 0  # of every cached trial's encoding
         # Single-flight bookkeeping, guarded by _sync_done's lock.
         self._sync_done = threading.Condition()
         self._syncs_started = 0
@@ -75,6 +81,7 @@ class StudyCache:
         self._failed_sync: tuple[int, BaseException] | None = None
         # Whether a read arrived while the last sync ran: the study is busy.
         self._read_during_sync = False
+        self._reads_for_next_sync = 0  # the reads the next sync to start will serve
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -119,6 +126,7 @@ class StudyCache:
         """
         with self._sync_done:
             needed = self._syncs_started + 1
+            self._reads_for_next_sync += 1
             if self._sync_running:
                 self._read_during_sync = True
             while self._syncs_finished < needed:
@@ -135,9 +143,12 @@ class StudyCache:
                     self._sync_done.acquire()
                 self._syncs_started += 1
                 number = self._syncs_started
+                served, self._reads_for_next_sync = self._reads_for_next_sync, 0
                 error: BaseException | None = None
                 self._sync_done.release()
                 try:
+                    if self._on_sync is not None:
+                        self._on_sync(served)
                     self._apply(self._fetch_delta())
                 except BaseException as exc:  # handed to the waiters, then re-raised
                     error = exc
@@ -178,6 +189,10 @@ class StudyCache:
                     # Not expected (ids grow in commit order within a study), but an
                     # out-of-order id must not break the bisect in trials_bytes.
                     self._ids.insert(bisect_right(self._ids, trial_id), trial_id)
+                replaced = self._trials.get(trial_id)
+                if replaced is not None:
+                    self.encoded_bytes -= len(replaced.encoded)
+                self.encoded_bytes += len(fresh.encoded)
                 self._trials[trial_id] = fresh
                 if row.is_finished:
                     self._unfinished.discard(trial_id)
@@ -206,10 +221,17 @@ class StudyCaches:
     study is simply loaded again in full on its next read.
     """
 
-    def __init__(self, load_trials: LoadTrials, max_trials: int, sync_window: float = 0.0) -> None:
+    def __init__(
+        self,
+        load_trials: LoadTrials,
+        max_trials: int,
+        sync_window: float = 0.0,
+        on_sync: OnSync = None,
+    ) -> None:
         self._load_trials = load_trials
         self._max_trials = max_trials
         self._sync_window = sync_window
+        self._on_sync = on_sync
         self._lock = threading.Lock()
         self._studies: OrderedDict[int, StudyCache] = OrderedDict()
 
@@ -217,7 +239,9 @@ class StudyCaches:
         with self._lock:
             cache = self._studies.get(study_id)
             if cache is None:
-                cache = StudyCache(study_id, self._load_trials, self._sync_window)
+                cache = StudyCache(
+                    study_id, self._load_trials, self._sync_window, self._on_sync
+                )
                 self._studies[study_id] = cache
             else:
                 self._studies.move_to_end(study_id)
@@ -247,6 +271,12 @@ class StudyCaches:
     def cached_trials(self) -> int:
         with self._lock:
             return sum(len(cache) for cache in self._studies.values())
+
+    def totals(self) -> tuple[int, int, int]:
+        """(studies, trials, encoded trial bytes) cached, for metrics: O(studies)."""
+        with self._lock:
+            caches = list(self._studies.values())
+        return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
 
     def _evict_beyond_limit(self, keep: int) -> None:
         total = sum(len(cache) for cache in self._studies.values())

@@ -8,8 +8,11 @@ The supervisor spawns each worker with `child_main(target, prepare, spec)`:
    `STANDBY_PROCESS_NAME` and waits until the supervisor sends it a shard index.
 3. `target(spec)` serves the shard. It calls `spec.notify_ready()` once it serves,
    `spec.heartbeat()` every `spec.heartbeat_interval` seconds from whatever proves
-   it healthy, and returns once it has drained after `spec.wait_for_stop()`
-   returned True (SIGTERM, or the supervisor is gone).
+   it healthy (a worker: from a request its own request handlers answered, so that
+   a stuck handler pool stops the beat), reports whether it serves and whether its
+   database answers (`report_serving`, `report_database`, read by readiness checks),
+   and returns once it has drained after `spec.wait_for_stop()` returned True
+   (SIGTERM, or the supervisor is gone).
 4. The process exits: 0 after a drain, 1 when the target failed after it was
    ready, `EXIT_BOOT_FAILURE` when it failed before (the supervisor then stops
    instead of restarting it forever).
@@ -60,29 +63,52 @@ class Entry:
 
 
 class WorkerStatus:
-    """Per shard, in shared memory: ready or not, and the last heartbeat (monotonic)."""
+    """Per process slot, in shared memory: ready, serving, database answering, last beat.
 
-    def __init__(self, context: SpawnContext, count: int) -> None:
-        self._ready = context.RawArray("b", count)
-        self._beats = context.RawArray("d", count)
+    A slot belongs to one process from its start to its exit (a standby keeps its
+    slot when it takes a shard), so that an old worker still draining beside its
+    replacement never writes over the replacement's status. Beats are monotonic
+    seconds: CLOCK_MONOTONIC is one clock for all processes of the machine.
+    """
 
-    def reset(self, shard: int) -> None:
-        self._ready[shard] = 0
-        self._beats[shard] = time.monotonic()
+    def __init__(self, context: SpawnContext, slots: int) -> None:
+        self.slots = slots
+        self._ready = context.RawArray("b", slots)
+        self._serving = context.RawArray("b", slots)
+        self._database = context.RawArray("b", slots)
+        self._beats = context.RawArray("d", slots)
 
-    def mark_ready(self, shard: int) -> None:
-        self.beat(shard)
-        self._ready[shard] = 1
+    def reset(self, slot: int) -> None:
+        self._ready[slot] = 0
+        self._serving[slot] = 0
+        self._database[slot] = 1  # it opened the database before it can be ready
+        self._beats[slot] = time.monotonic()
 
-    def beat(self, shard: int) -> None:
-        # CLOCK_MONOTONIC is one clock for all processes of the machine.
-        self._beats[shard] = time.monotonic()
+    def mark_ready(self, slot: int) -> None:
+        self.beat(slot)
+        self._serving[slot] = 1
+        self._ready[slot] = 1
 
-    def is_ready(self, shard: int) -> bool:
-        return bool(self._ready[shard])
+    def beat(self, slot: int) -> None:
+        self._beats[slot] = time.monotonic()
 
-    def last_beat(self, shard: int) -> float:
-        return float(self._beats[shard])
+    def set_serving(self, slot: int, serving: bool) -> None:
+        self._serving[slot] = int(serving)
+
+    def set_database(self, slot: int, answers: bool) -> None:
+        self._database[slot] = int(answers)
+
+    def is_ready(self, slot: int) -> bool:
+        return bool(self._ready[slot])
+
+    def is_serving(self, slot: int) -> bool:
+        return bool(self._serving[slot])
+
+    def database_answers(self, slot: int) -> bool:
+        return bool(self._database[slot])
+
+    def last_beat(self, slot: int) -> float:
+        return float(self._beats[slot])
 
 
 class StopFlag:
@@ -126,6 +152,11 @@ class WorkerSpec:
     heartbeat_interval: float | None
     supervisor_pid: int
     status: WorkerStatus = field(repr=False, compare=False)
+    # This process's slot in `status`.
+    slot: int = 0
+    # Where this process writes its metrics (prometheus_client's multiprocess
+    # directory), or None when the instance exports none.
+    metrics_dir: str | None = None
     # A standby's end of the pipe its shard index arrives on (shard_index is -1 until
     # then); None for a worker started for its shard.
     assignment: multiprocessing.connection.Connection | None = field(
@@ -145,12 +176,30 @@ class WorkerSpec:
         """This worker's own forwarding socket."""
         return self.peer_socket_paths[self.shard_index]
 
+    @property
+    def process_socket_path(self) -> str:
+        """A Unix socket path of this process alone, beside the shards' sockets.
+
+        Unlike `socket_path`, which a replacement of this worker takes over, no other
+        process ever uses it: what is sent there reaches this process.
+        """
+        directory = os.path.dirname(self.peer_socket_paths[0])
+        return os.path.join(directory, f"process-{os.getpid()}.sock")
+
     def notify_ready(self) -> None:
         """Tells the supervisor this worker serves (and from then on heartbeats)."""
-        self.status.mark_ready(self.shard_index)
+        self.status.mark_ready(self.slot)
 
     def heartbeat(self) -> None:
-        self.status.beat(self.shard_index)
+        self.status.beat(self.slot)
+
+    def report_serving(self, serving: bool) -> None:
+        """False while the worker drains or otherwise refuses new work."""
+        self.status.set_serving(self.slot, serving)
+
+    def report_database(self, answers: bool) -> None:
+        """Whether the worker's database answers (readiness checks ask)."""
+        self.status.set_database(self.slot, answers)
 
     @property
     def stop_requested(self) -> bool:
@@ -222,7 +271,7 @@ def _run_target(
         target(spec)
         code = 0
     except BaseException:
-        ready = spec.shard_index >= 0 and spec.status.is_ready(spec.shard_index)
+        ready = spec.shard_index >= 0 and spec.status.is_ready(spec.slot)
         _logger.exception("%s %s", spec.role, "failed" if ready else "failed to start")
         code = 1 if ready else EXIT_BOOT_FAILURE
     # os._exit skips interpreter shutdown (a stray non-daemon thread must not keep a

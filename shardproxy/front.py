@@ -181,7 +181,7 @@ class Front:
             self._router.forget_study(study_id)
 
     def _forward(self, owner: int, method_index: int, request: bytes) -> bytes:
-        self._metrics.add(f"forwarded.{METHODS[method_index]}")
+        self._metrics.forwarded(method_index)
         forwarder = self._forwarders[owner]
         assert forwarder is not None
         try:

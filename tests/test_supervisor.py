@@ -22,8 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardproxy.child import EXIT_BOOT_FAILURE, STANDBY_PROCESS_NAME, WorkerSpec
 from shardproxy.ports import PortInUseError, ensure_port_free
@@ -40,7 +44,8 @@ def line_server(spec: WorkerSpec) -> None:
     """Serves the shared port until told to stop, then finishes what is in flight.
 
     Lines: `whoami` → "<shard> <pid> <socket path> <peer count> <prepared>"; `work S`
-    → "started", S seconds later "done".
+    → "started", S seconds later "done"; `database up|down` → what the worker reports
+    of its database; `count N` → N added to a counter in the supervisor's metrics.
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -76,7 +81,29 @@ def _answer_lines(spec: WorkerSpec, conn: socket.socket) -> None:
                 stream.flush()
                 time.sleep(float(args[0]))
                 stream.write("done\n")
+            elif command == "database":
+                spec.report_database(args[0] == "up")
+                stream.write(f"{spec.shard_index}\n")
+            elif command == "count":
+                _counter(spec).inc(float(args[0]))
+                stream.write(f"{os.getpid()}\n")
             stream.flush()
+
+
+_counters: list[Any] = []
+
+
+def _counter(spec: WorkerSpec) -> Any:
+    """A counter of this worker process, in the supervisor's metrics directory."""
+    if not _counters:
+        from prometheus_client import Counter
+
+        from shardproxy.metrics import export_to
+
+        assert spec.metrics_dir is not None
+        export_to(spec.metrics_dir)
+        _counters.append(Counter("test_counted", "what the test counted", registry=None))
+    return _counters[0]
 
 
 def note_pid_and_time(directory: Path) -> str:
@@ -91,6 +118,15 @@ def note_pid_and_time(directory: Path) -> str:
 
 def fails_to_prepare() -> None:
     raise RuntimeError("cannot reach the database")
+
+
+def prepare_unless(marker: Path, fail: bool) -> str:
+    """Prepares at once, unless `marker` exists: then fails, or takes a while."""
+    if marker.exists():
+        if fail:
+            raise RuntimeError("the new version cannot start")
+        time.sleep(2.0)
+    return "prepared"
 
 
 def fails_to_boot(spec: WorkerSpec) -> None:
@@ -139,6 +175,39 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting: {what}")
         time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET `path` on the admin endpoint."""
+    try:
+        with urlopen(f"http://127.0.0.1:{port}{path}", timeout=BOUND) as reply:
+            return reply.status, reply.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def admin_answers(port: int) -> bool:
+    try:
+        return http_get(port, "/healthz")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+def scraped(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The admin endpoint's /metrics: (sample name, sorted labels) -> value."""
+    status, text = http_get(port, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @contextlib.contextmanager
@@ -397,7 +466,7 @@ def test_worker_with_a_stale_heartbeat_is_killed_and_restarted(
     before = running.wait_ready()
     wait_until(lambda: running.supervisor.worker_pids().get(0) not in (None, before[0]), "restart")
     assert running.supervisor.worker_pids()[1] == before[1]
-    assert "sent no heartbeat" in caplog.text
+    assert "answered no watchdog beat" in caplog.text
     running.supervisor.enqueue_signal(signal.SIGTERM)
     assert running.exit_code() == 0
 
@@ -417,6 +486,161 @@ def test_ready_callback_runs_once_all_workers_are_ready(
     assert seen == [pids]
     running.supervisor.enqueue_signal(signal.SIGTERM)
     assert running.exit_code() == 0
+
+
+
+# -- rolling restart (SIGHUP) ------------------------------------------------------------
+
+
+def replacement_order(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """`started N` / `replaced N` in the supervisor's log, in order."""
+    events = []
+    for record in caplog.records:
+        words = record.getMessage().split()
+        if record.name == "shardproxy.supervisor" and words[0] == "worker":
+            if words[2] in ("started", "replaced"):
+                events.append(f"{words[2]} {words[1]}")
+    return events
+
+
+def test_sighup_replaces_every_worker_one_at_a_time_and_the_standby_too(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shardproxy.supervisor")
+    running = supervise(line_server, workers=3)
+    before = running.wait_ready()
+    standby = wait_for_standby(running)
+    caplog.clear()
+    running.supervisor.enqueue_signal(signal.SIGHUP)
+    wait_until(lambda: not running.supervisor.reloading and "reload done" in caplog.text,
+               "the reload ends")
+    after = running.supervisor.worker_pids()
+    assert sorted(after) == [0, 1, 2]
+    assert not set(after.values()) & {*before.values(), standby}
+    # Replaced in turn: each new worker took over before the next one started.
+    assert replacement_order(caplog) == [
+        "started 0", "replaced 0", "started 1", "replaced 1", "started 2", "replaced 2"
+    ]
+    assert running.supervisor.restarts == {"reload": 3}
+    wait_until(lambda: all(process_gone(pid) for pid in [*before.values(), standby]),
+               "the old workers and the old standby exit")
+    assert wait_for_standby(running) not in (standby, *after.values())
+    port = running.supervisor.port
+    wait_until(lambda: int(ask(port, "whoami").split()[1]) in after.values(), "new ones serve")
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_the_old_worker_serves_until_its_replacement_is_ready(
+    supervise: Callable[..., Running], tmp_path: Path
+) -> None:
+    marker = tmp_path / "slow"
+    running = supervise(line_server, workers=1, standbys=0,
+                        prepare=functools.partial(prepare_unless, marker, False))
+    (old,) = running.wait_ready().values()
+    port = running.supervisor.port
+    marker.touch()  # the replacement takes two seconds to prepare
+    running.supervisor.enqueue_signal(signal.SIGHUP)
+    wait_until(lambda: running.supervisor.worker_pids()[0] != old, "a replacement starts")
+    # Meanwhile the shard is served, by the old process, and the instance is ready.
+    assert ask(port, "whoami").split()[1] == str(old)
+    assert running.supervisor.readiness() == []
+    assert not process_gone(old)
+    wait_until(lambda: not running.supervisor.reloading, "the replacement takes over")
+    wait_until(lambda: process_gone(old), "the old worker drains and exits")
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_a_replacement_that_cannot_start_ends_the_reload_and_the_old_workers_stay(
+    supervise: Callable[..., Running], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "broken"
+    running = supervise(line_server, prepare=functools.partial(prepare_unless, marker, True))
+    before = running.wait_ready()
+    marker.touch()  # the version on disk is broken from now on
+    running.supervisor.enqueue_signal(signal.SIGHUP)
+    wait_until(lambda: "reload stopped" in caplog.text, "the reload gives up")
+    assert running.supervisor.worker_pids() == before
+    assert not running.supervisor.reloading
+    assert running.thread.is_alive()  # no boot failure: the instance goes on serving
+    assert int(ask(running.supervisor.port, "whoami").split()[1]) in before.values()
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+# -- admin endpoint --------------------------------------------------------------------
+
+
+def test_admin_endpoint_health_readiness_and_a_database_that_does_not_answer(
+    supervise: Callable[..., Running],
+) -> None:
+    admin = free_port()
+    running = supervise(line_server, admin_port=admin)
+    wait_until(lambda: admin_answers(admin), "the endpoint")
+    assert http_get(admin, "/healthz") == (200, "ok\n")
+    running.wait_ready()
+    assert http_get(admin, "/readyz") == (200, "ready\n")
+    shard = ask(running.supervisor.port, "database down")
+    status, body = http_get(admin, "/readyz")
+    assert status == 503
+    assert body == f"worker {shard}: its database does not answer\n"
+    assert scraped(admin)[("shardproxy_shard_ready", (("shard", shard),))] == 0.0
+    # Each connection reaches some worker: until the one that was down says up.
+    wait_until(lambda: ask(running.supervisor.port, "database up") == shard, "that worker")
+    assert http_get(admin, "/readyz") == (200, "ready\n")
+    assert http_get(admin, "/nothing")[0] == 404
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+    with pytest.raises(OSError):  # the endpoint closed with the supervisor
+        http_get(admin, "/healthz")
+
+
+def test_metrics_add_up_over_workers_and_outlive_a_dead_one(
+    supervise: Callable[..., Running],
+) -> None:
+    admin = free_port()
+    running = supervise(line_server, workers=2, admin_port=admin)
+    pids = running.wait_ready()
+    wait_until(lambda: admin_answers(admin), "the endpoint")
+    port = running.supervisor.port
+    counted: dict[int, float] = {}
+    for amount in (1, 2, 4, 8, 16, 32):  # whichever worker each connection reaches
+        pid = int(ask(port, f"count {amount}"))
+        counted[pid] = counted.get(pid, 0) + amount
+    total = ("test_counted_total", ())
+    assert scraped(admin)[total] == 63
+    victim = next(iter(counted))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in running.supervisor.worker_pids().values(), "a restart")
+    wait_until(lambda: not (Path(running.supervisor._socket_dir) / "metrics" /
+                            f"counter_{victim}.db").exists(), "the dead worker's file folded")
+    metrics = scraped(admin)
+    assert metrics[total] == 63  # a counter never goes back
+    assert metrics[("shardproxy_worker_restarts_total", (("cause", "crash"),))] == 1
+    assert metrics[("shardproxy_worker_restarts_total", (("cause", "watchdog"),))] == 0
+    assert {pid for pid in counted} <= {victim, *pids.values()}
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    assert running.exit_code() == 0
+
+
+def test_readiness_says_stopping_once_told_to_stop(supervise: Callable[..., Running]) -> None:
+    running = supervise(ignores_stop, drain_timeout=1.0)
+    running.wait_ready()
+    assert running.supervisor.readiness() == []
+    running.supervisor.enqueue_signal(signal.SIGTERM)
+    wait_until(lambda: running.supervisor.readiness() == ["stopping"], "stopping")
+    assert running.exit_code() == 0
+
+
+def test_an_admin_port_in_use_is_refused_before_any_worker_starts(
+    supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    with busy_port() as admin:
+        running = supervise(line_server, admin_port=admin)
+        assert running.exit_code() == 1
+    assert running.supervisor.worker_pids() == {}
+    assert "cannot serve the admin endpoint" in caplog.text
 
 
 # -- real signals, in a subprocess ------------------------------------------------------

@@ -56,6 +56,10 @@ ApplyBatch = Callable[[Connection, list[Operation], bool], Applied]
 # Whether the rows a witness names are in the database (asked on a fresh connection).
 CommitCheck = Callable[[Witness], bool]
 
+# Told (operations, seconds) after each group commit, committed or failed, retries
+# included: the worker's metrics set it; None costs one comparison per commit.
+commit_observer: Callable[[int, float], None] | None = None
+
 
 class _Pending:
     """One caller's operation and the lock it waits on until it is answered."""
@@ -171,9 +175,15 @@ class GroupCommitter:
         def say_retrying(exc: sqlalchemy.exc.DBAPIError) -> None:
             _logger.warning("batch of %d: retrying after %s", len(batch), exc.orig)
 
-        return with_retries(
-            lambda: self._attempt(operations), self._retry_deadline, on_retry=say_retrying
-        )
+        observer = commit_observer
+        started = time.monotonic() if observer is not None else 0.0
+        try:
+            return with_retries(
+                lambda: self._attempt(operations), self._retry_deadline, on_retry=say_retrying
+            )
+        finally:
+            if observer is not None:
+                observer(len(operations), time.monotonic() - started)
 
     def _attempt(self, operations: list[Operation]) -> list[Any]:
         conn = self._connection()

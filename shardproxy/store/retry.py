@@ -67,6 +67,10 @@ class Backoff:
 # Called with the error before each new attempt, once the backoff has waited.
 OnRetry = Callable[[sqlalchemy.exc.DBAPIError], None]
 
+# Told of every transient error `with_retries` meets, and whether it tries again
+# (False: the deadline leaves no time): the worker's metrics set it.
+transient_observer: Callable[[bool], None] | None = None
+
 
 def with_retries(
     attempt: Callable[[], T],
@@ -87,7 +91,12 @@ def with_retries(
         try:
             return attempt()
         except sqlalchemy.exc.DBAPIError as exc:
-            if not is_transient(exc) or not backoff.wait():
+            if not is_transient(exc):
+                raise
+            retrying = backoff.wait()
+            if transient_observer is not None:
+                transient_observer(retrying)
+            if not retrying:
                 raise
             if what is not None:
                 _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
