@@ -9,7 +9,8 @@ exception and contributes nothing; the others go on.
 Two statements are saved where the database allows it, because a client's trial
 costs about three batches and every statement is a round trip:
 - New trials are numbered by the INSERT itself (`INSERT ... SELECT` over the
-  study's trial count, with RETURNING), not by a COUNT before it.
+  study's trial count, with RETURNING), not by a COUNT before it; the count reads
+  only the trials added since the store last numbered the study (`numbering`).
 - An optimistic batch that finishes trials does not lock them first: one guarded
   UPDATE sets the states of the trials it finishes, locks the others, and counts
   the trials it found unfinished. Should one be finished or gone, the batch raises
@@ -20,7 +21,7 @@ costs about three batches and every statement is a round trip:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,25 +29,21 @@ from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import UpdateFinishedTrialError
 from sqlalchemy import (
     DateTime,
-    Integer,
     and_,
     bindparam,
     case,
-    func,
-    insert,
     literal_column,
-    null,
     or_,
     select,
-    union_all,
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement, FromClause
+from sqlalchemy.sql import ColumnElement
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
-from shardproxy.store import sql
+from shardproxy.store import numbering, sql
 from shardproxy.store.errors import NOT_FOUND
+from shardproxy.store.numbering import Counted
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -58,7 +55,7 @@ from shardproxy.store.operations import (
 )
 from shardproxy.store.pending import PendingRows, utc_now, write_states
 from shardproxy.store.prepared import Prepared
-from shardproxy.store.schema import studies, trial_params, trials
+from shardproxy.store.schema import trial_params, trials
 from shardproxy.store.witness import Witness
 
 FINISHED_NAMES = frozenset(STATE_NAMES[s] for s in FINISHED_STATES)
@@ -67,9 +64,8 @@ UNFINISHED_NAMES = (STATE_NAMES[RUNNING], STATE_NAMES[WAITING])
 _UNFINISHED_LITERALS: list[ColumnElement[Any]] = [
     literal_column(f"'{name}'") for name in UNFINISHED_NAMES
 ]
-# Bounds on the statements built per row count (each shape is compiled and kept):
-# larger batches take the plain way, whose extra statement they share.
-NUMBERED_INSERT_MAX_ROWS = 64
+# Bound on the guarded UPDATE's shapes (each is compiled and kept): a batch
+# finishing more trials locks them first.
 GUARD_MAX_FINISHING = 64
 
 # (study_id, param name) -> the distribution JSON of the study's first such param.
@@ -96,10 +92,11 @@ class _Trial:
 
 
 class GuardMissed(Exception):
-    """An optimistic batch found a trial it writes to finished or gone.
+    """An optimistic batch found an assumption wrong: a trial it writes to finished
+    or gone, or a study's remembered trial count stale.
 
-    Its transaction holds a partial UPDATE and must be rolled back; the batch is
-    then run again with `optimistic=False`.
+    Its transaction holds partial writes and must be rolled back; the batch is
+    then run again with `optimistic=False` (and without remembered counts).
     """
 
 
@@ -113,7 +110,10 @@ class Batch:
         distribution_of: DistributionLookup,
         *,
         optimistic: bool = False,
+        counted: Mapping[int, Counted] | None = None,
     ) -> None:
+        """`counted`: what the store remembers of the studies it adds trials to
+        (see `numbering`); with none, their trials are counted in full."""
         self.conn = conn
         self.operations = operations
         self._optimistic = optimistic
@@ -123,6 +123,9 @@ class Batch:
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
         self.created_ids: list[int] = []
+        # What to remember of the studies the batch added trials to, once committed.
+        self.counted: dict[int, Counted] = {}
+        self._counted = dict(counted or {})
         self._distribution_of = distribution_of
         self._rows = PendingRows()
         self._trials: dict[int, _Trial] = {}
@@ -174,15 +177,15 @@ class Batch:
         creates = [(i, op) for i, op in enumerate(self.operations) if isinstance(op, CreateTrial)]
         if not creates:
             return
-        existing = self._lock_studies(sorted({op.study_id for _, op in creates}))
+        existing = numbering.lock_studies(self.conn, sorted({op.study_id for _, op in creates}))
+        counted = {s: c for s, c in self._counted.items() if s in existing}
         # Trials from a template carry their own state and dates, row by row; the
         # numbering INSERT writes plain RUNNING trials only.
         numbered_by_insert = (
             self.conn.dialect.insert_returning
-            and len(creates) <= NUMBERED_INSERT_MAX_ROWS
+            and len(creates) <= numbering.NUMBERED_INSERT_MAX_ROWS
             and all(op.template is None for _, op in creates)
         )
-        counts = {} if numbered_by_insert else self._count_trials(existing)
         # (operation index, operation, its place among the batch's new trials of its study)
         accepted: list[tuple[int, CreateTrial, int]] = []
         places: dict[int, int] = {}
@@ -198,106 +201,33 @@ class Batch:
             place = places.get(op.study_id, 0)
             places[op.study_id] = place + 1
             accepted.append((index, op, place))
+        # Studies without new trials keep what was known of them.
+        self.counted = {s: c for s, c in counted.items() if s not in places}
         if not accepted:
             return
-        if numbered_by_insert:
-            new_ids, first_numbers = self._insert_numbered(
-                [(op.study_id, place) for _, op, place in accepted]
-            )
-        else:
-            first_numbers = counts
-            new_ids = self._insert_trials(
-                [self._trial_row(op, counts[op.study_id] + place) for _, op, place in accepted]
-            )
+        try:
+            if numbered_by_insert:
+                new_ids = numbering.insert_numbered(
+                    self.conn, [(op.study_id, place) for _, op, place in accepted], counted,
+                    self._now,
+                )
+            else:
+                counts = numbering.trials_so_far(self.conn, places, counted)
+                new_ids = numbering.insert_trials(self.conn, [
+                    self._trial_row(op, counts[op.study_id] + place) for _, op, place in accepted
+                ], counted)
+        except numbering.StaleCount as stale:
+            raise GuardMissed(str(stale)) from stale
+        first_numbers: dict[int, int] = {}
+        for study_id, number in new_ids:
+            first_numbers[study_id] = min(number, first_numbers.get(study_id, number))
         for index, op, place in accepted:
             trial_id = new_ids[(op.study_id, first_numbers[op.study_id] + place)]
             self.results[index] = trial_id
             self.created_ids.append(trial_id)
             if op.template is not None:
                 self._template_children(trial_id, op)
-
-    def _lock_studies(self, study_ids: list[int]) -> set[int]:
-        """Locks the studies' rows, as RDBStorage does; the ids of those that exist.
-
-        The lock makes "number = trials so far" safe: every trial of these studies
-        committed before it was granted, and none can be added until this commits.
-        Whatever counts the trials must therefore start after the lock is granted
-        (a statement of its own: a subquery of the locking SELECT may read a
-        snapshot taken before it waited).
-        """
-        return set(_LOCK_STUDIES.execute(self.conn, {"ids": study_ids}).scalars())
-
-    def _count_trials(self, study_ids: set[int]) -> dict[int, int]:
-        counts: dict[int, int] = dict.fromkeys(study_ids, 0)
-        if study_ids:
-            found = _COUNT_TRIALS.execute(self.conn, {"ids": sorted(study_ids)})
-            counts.update({sid: n for sid, n in found})
-        return counts
-
-    def _insert_numbered(
-        self, places: list[tuple[int, int]]
-    ) -> tuple[dict[tuple[int, int], int], dict[int, int]]:
-        """Inserts RUNNING trials, (study_id, place) each, numbered by the INSERT itself.
-
-        Returns the new ids by (study_id, number), and each study's first new number.
-        """
-        grouped_count = self.conn.dialect.name == "postgresql"
-        params: dict[str, Any] = {"now": self._now}
-        if grouped_count:
-            params["ids"] = sorted({study_id for study_id, _ in places})
-        for i, (study_id, place) in enumerate(places):
-            params[f"study_{i}"] = study_id
-            params[f"place_{i}"] = place
-        statement = _numbered_insert(len(places), grouped_count)
-        ids = self._ids_in_number_order(statement.execute(self.conn, params).all())
-        first_numbers: dict[int, int] = {}
-        for study_id, number in ids:
-            first_numbers[study_id] = min(number, first_numbers.get(study_id, number))
-        return ids, first_numbers
-
-    def _insert_trials(self, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
-        """The new trial ids by (study_id, number), in one statement where RETURNING exists."""
-        if self.conn.dialect.insert_returning:
-            created = self.conn.execute(_INSERT_TRIALS_RETURNING, rows).all()
-        else:  # MySQL proper: find them by number, under the study locks
-            self.conn.execute(insert(trials), rows)
-            first: dict[int, int] = {}
-            for row in rows:
-                first.setdefault(row["study_id"], row["number"])
-            created = self.conn.execute(
-                select(trials.c.trial_id, trials.c.study_id, trials.c.number).where(
-                    or_(*(and_(trials.c.study_id == s, trials.c.number >= n)
-                          for s, n in first.items()))
-                )
-            ).all()
-        return self._ids_in_number_order(created)
-
-    def _ids_in_number_order(
-        self, created: Sequence[Sequence[Any]]
-    ) -> dict[tuple[int, int], int]:
-        """The new ids by (study_id, number), from (trial_id, study_id, number) rows.
-
-        Renumbers, should the database have handed out ids out of row order.
-
-        Within a study trial id order must equal number order (readers rely on it);
-        every backend assigns the ids of one multi-row INSERT in row order, so this
-        finds nothing to do unless that ever changes.
-        """
-        ids = {(study_id, number): trial_id for trial_id, study_id, number in created}
-        by_study: dict[int, list[tuple[int, int]]] = {}
-        for (study_id, number), trial_id in ids.items():
-            by_study.setdefault(study_id, []).append((number, trial_id))
-        for study_id, pairs in by_study.items():
-            numbers = sorted(number for number, _ in pairs)
-            in_id_order = sorted(trial_id for _, trial_id in pairs)
-            if [t for _, t in sorted(pairs)] == in_id_order:
-                continue
-            for number, trial_id in zip(numbers, in_id_order, strict=True):
-                self.conn.execute(
-                    update(trials).where(trials.c.trial_id == trial_id).values(number=number)
-                )
-                ids[(study_id, number)] = trial_id
-        return ids
+        self.counted.update(numbering.counted_after(new_ids))
 
     def _trial_row(self, op: CreateTrial, number: int) -> dict[str, Any]:
         template = op.template
@@ -460,21 +390,6 @@ def first_distribution(conn: Connection, study_id: int, name: str) -> str | None
 
 
 # The batch's statements, built once (building one costs more than running it).
-_LOCK_STUDIES = Prepared(
-    select(studies.c.study_id)
-    .where(studies.c.study_id.in_(bindparam("ids", expanding=True)))
-    .with_for_update(),
-    expanding=["ids"],
-)
-_TRIAL_COUNTS = (
-    select(trials.c.study_id, func.count(trials.c.trial_id).label("trials_so_far"))
-    .where(trials.c.study_id.in_(bindparam("ids", expanding=True)))
-    .group_by(trials.c.study_id)
-)
-_COUNT_TRIALS = Prepared(_TRIAL_COUNTS, expanding=["ids"])
-_INSERT_TRIALS_RETURNING = insert(trials).returning(
-    trials.c.trial_id, trials.c.study_id, trials.c.number
-)
 _LOCK_TRIALS = Prepared(
     select(trials.c.trial_id, trials.c.study_id, trials.c.number, trials.c.state)
     .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
@@ -488,57 +403,6 @@ _FIRST_DISTRIBUTION = Prepared(
                 trial_params.c.param_name == bindparam("name")))
     .limit(1)
 )
-
-
-@functools.cache  # at most NUMBERED_INSERT_MAX_ROWS shapes per backend
-def _numbered_insert(rows: int, grouped_count: bool) -> Prepared:
-    """INSERT ... SELECT of `rows` RUNNING trials, numbered after their study's trials.
-
-    Row i is (study_i, place_i); its number is the study's trial count plus its
-    place. The count is read by the INSERT, a statement that starts after the study
-    lock was granted. The rows go in (study, place) order, so ids follow numbers.
-
-    The counts must not see the rows this statement inserts. A PostgreSQL statement
-    never sees its own rows, so there one grouped subquery counts every study at
-    once (`grouped_count`). MariaDB may evaluate such a subquery again for each row
-    while it inserts (a "lateral derived" plan), and then counts its own new rows.
-    With a correlated subquery on the target table instead, MySQL, MariaDB and
-    SQLite read the whole SELECT into a temporary table before inserting (MySQL
-    documents this for INSERT ... SELECT from the same table), and MariaDB's
-    subquery cache counts each study once.
-    """
-    added = union_all(*(
-        select(bindparam(f"study_{i}", type_=Integer).label("study_id"),
-               bindparam(f"place_{i}", type_=Integer).label("place"))
-        for i in range(rows)
-    )).subquery("added")
-    if grouped_count:
-        counted = _TRIAL_COUNTS.subquery("counted")
-        number = func.coalesce(counted.c.trials_so_far, 0) + added.c.place
-        source: FromClause = added.outerjoin(counted, counted.c.study_id == added.c.study_id)
-    else:
-        earlier = trials.alias("earlier")
-        trials_so_far = (
-            select(func.count(earlier.c.trial_id))
-            .where(earlier.c.study_id == added.c.study_id)
-            .scalar_subquery()
-        )
-        number, source = trials_so_far + added.c.place, added
-    columns: list[Any] = [
-        number,
-        added.c.study_id,
-        literal_column(f"'{STATE_NAMES[RUNNING]}'"),
-        bindparam("now", type_=DateTime),
-        null(),
-    ]
-    numbered = select(*columns).select_from(source).order_by(added.c.study_id, added.c.place)
-    statement = (
-        insert(trials)
-        .from_select(["number", "study_id", "state", "datetime_start", "datetime_complete"],
-                     numbered)
-        .returning(trials.c.trial_id, trials.c.study_id, trials.c.number)
-    )
-    return Prepared(statement, expanding=["ids"] if grouped_count else [])
 
 
 @functools.cache  # at most GUARD_MAX_FINISHING shapes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -21,11 +22,12 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
+    func,
     literal,
     null,
-    or_,
     select,
     union_all,
 )
@@ -40,6 +42,7 @@ from shardproxy.rows import (
     wire_datetime,
 )
 from shardproxy.store.errors import NOT_FOUND
+from shardproxy.store.newer import MAX_TRIAL_ID, trial_ids_of_study
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import (
     studies,
@@ -183,25 +186,32 @@ def trial_id_from_number(conn: Connection, study_id: int, number: int) -> int:
 
 
 def load_trials(
-    conn: Connection, study_id: int, id_greater_than: int, ids: Collection[int]
+    conn: Connection, study_id: int, id_greater_than: int, ids: Collection[int], size: int = 0
 ) -> list[TrialRow]:
     """Trials of the study with id > `id_greater_than` or in `ids`, sorted by id.
 
     One statement, or one more per MAX_IN_LIST further ids. KeyError when the study
-    does not exist.
+    does not exist. `size`: about how many trials the study has, 0 if not known
+    (on PostgreSQL it picks the cheaper way to find the newer ones, see `newer`).
     """
+    postgresql = conn.dialect.name == "postgresql"
+    loads = _LOADS[postgresql]
     older = sorted(i for i in set(ids) if i <= id_greater_than)
     parts = sql_chunks(older, MAX_IN_LIST) or [[]]
     params: dict[str, Any] = {"sid": study_id, "gt": id_greater_than}
+    if postgresql:
+        params["size"] = size
     if parts[0]:
-        result = _DELTA_AND_IDS.execute(conn, {**params, "ids": list(parts[0])})
+        result = loads.delta_and_ids.execute(conn, {**params, "ids": list(parts[0])})
+    elif id_greater_than < 0:
+        result = loads.whole_study.execute(conn, {"sid": study_id})
     else:
-        result = _DELTA.execute(conn, params)
+        result = loads.delta.execute(conn, params)
     rows, found = _assemble(result)
     if not found:
         raise KeyError(NOT_FOUND)
     for part in parts[1:]:
-        rows.extend(_assemble(_IDS.execute(conn, {"sid": study_id, "ids": list(part)}))[0])
+        rows.extend(_assemble(loads.ids.execute(conn, {"sid": study_id, "ids": list(part)}))[0])
     if len(parts) > 1:
         rows.sort(key=lambda row: row.trial_id)
     return rows
@@ -222,26 +232,47 @@ def _columns(*values: Any) -> list[Any]:
     return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
 
 
-def _union(condition: ColumnElement[bool], with_study: bool) -> Any:
+def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
     """One SELECT per table, in the columns of `_COLUMNS`, so that the rows of every
-    table fit one UNION ALL; ordered for `_assemble`."""
+    table fit one UNION ALL; ordered for `_assemble`.
+
+    `wanted` selects the trial ids. Each table takes its rows of those trials from
+    its trial_id index: through `IN (subquery)` where the planner joins that by the
+    index (MySQL/MariaDB, SQLite), through `= ANY(ARRAY(subquery))` on PostgreSQL
+    (`by_array`), where a semi-join may be planned as a hash join over the whole
+    child table; an array parameter is always looked up in the index. There the
+    ids are read once, as a CTE the parts share.
+    """
     no_float = cast(null(), Float)
     no_text = cast(null(), Text)
     no_time = cast(null(), DateTime)
-    wanted = select(trials.c.trial_id).where(condition).scalar_subquery()
+    if by_array:
+        cte = wanted.cte("wanted")
+        ids: Any = func.array(select(cte.c.trial_id).scalar_subquery())
+
+        def of_wanted(column: Any) -> ColumnElement[bool]:
+            return column == any_(ids)
+    else:
+        subquery = wanted.scalar_subquery()
+
+        def of_wanted(column: Any) -> ColumnElement[bool]:
+            if column is trials.c.trial_id:  # the trial rows themselves: no self-join
+                assert wanted.whereclause is not None
+                return wanted.whereclause
+            return column.in_(subquery)
 
     def child(kind: int, table: Any, order: Any, text: Any, number: Any, json: Any) -> Select:
         return select(*_columns(
             literal(kind, Integer), table.c.trial_id, order, cast(text, String), number,
             cast(json, Text), no_time, no_time,
-        )).where(table.c.trial_id.in_(wanted))
+        )).where(of_wanted(table.c.trial_id))
 
     parts: list[Select] = [
         select(*_columns(
             literal(_TRIAL, Integer), trials.c.trial_id, trials.c.number,
             cast(trials.c.state, String), no_float, no_text,
             trials.c.datetime_start, trials.c.datetime_complete,
-        )).where(condition),
+        )).where(of_wanted(trials.c.trial_id)),
         child(_PARAM, trial_params, trial_params.c.param_id, trial_params.c.param_name,
               trial_params.c.param_value, trial_params.c.distribution_json),
         child(_VALUE, trial_values, trial_values.c.objective, trial_values.c.value_type,
@@ -296,15 +327,48 @@ def _assemble(result: Iterable[Sequence[Any]]) -> tuple[list[TrialRow], bool]:
     return rows, study_found
 
 
-# The trial loads, built once: each is one statement, whatever the number of trials.
-# Each branch of an OR stands on its own, so that the database can answer it from
-# the primary key instead of walking the study's index: O(trials returned).
-_IN_STUDY = trials.c.study_id == bindparam("sid")
-_NEWER = and_(trials.c.trial_id > bindparam("gt"), _IN_STUDY)
-_LISTED = and_(trials.c.trial_id.in_(bindparam("ids", expanding=True)), _IN_STUDY)
-# Prepared: every read of a trial runs one of these, and deriving the cache key of a
-# six-part UNION costs SQLAlchemy more than the database needs to answer it.
-_DELTA = Prepared(_union(_NEWER, with_study=True))
-_DELTA_AND_IDS = Prepared(_union(or_(_NEWER, _LISTED), with_study=True), expanding=["ids"])
-_IDS = Prepared(_union(_LISTED, with_study=False), expanding=["ids"])
-_ONE_TRIAL = Prepared(_union(trials.c.trial_id == bindparam("trial_id"), with_study=False))
+# The trial loads, built once per backend family: each is one statement, whatever
+# the number of trials, and reads O(trials returned) rows (see `newer`), except the
+# whole study's, which reads the study from its index.
+@dataclass(frozen=True)
+class _Loads:
+    whole_study: Prepared
+    delta: Prepared
+    delta_and_ids: Prepared
+    ids: Prepared
+
+
+def _loads(postgresql: bool) -> _Loads:
+    dialect = "postgresql" if postgresql else "default"
+    study: Any = bindparam("sid")
+    gt: Any = bindparam("gt")
+    listed: Any = bindparam("ids", expanding=True)
+    size: Any = bindparam("size") if postgresql else None
+
+    def union(wanted: Select, with_study: bool = True) -> Any:
+        return _union(wanted, with_study, by_array=postgresql)
+
+    # Prepared: every read of a trial runs one of these, and deriving the cache key of
+    # a six-part UNION costs SQLAlchemy more than the database needs to answer it.
+    return _Loads(
+        whole_study=Prepared(union(select(trials.c.trial_id).where(trials.c.study_id == study))),
+        delta=Prepared(union(trial_ids_of_study(study, gt, dialect, size=size))),
+        delta_and_ids=Prepared(
+            union(trial_ids_of_study(study, gt, dialect, listed=listed, size=size)),
+            expanding=["ids"],
+        ),
+        # Nothing is newer than the largest id: the listed trials only.
+        ids=Prepared(
+            union(trial_ids_of_study(study, literal(MAX_TRIAL_ID, Integer), dialect,
+                                     listed=listed, size=literal(0, Integer)),
+                  with_study=False),
+            expanding=["ids"],
+        ),
+    )
+
+
+_LOADS = {False: _loads(postgresql=False), True: _loads(postgresql=True)}
+_ONE_TRIAL = Prepared(_union(
+    select(trials.c.trial_id).where(trials.c.trial_id == bindparam("trial_id")),
+    with_study=False, by_array=False,
+))

@@ -26,6 +26,7 @@ from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import make_read_engine, make_write_engine
 from shardproxy.store.errors import NOT_FOUND
+from shardproxy.store.numbering import TrialCounts
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -77,6 +78,15 @@ class Store:
         self._distributions: dict[tuple[int, str], str] = {}
         self._cache_distributions = self._writer.dialect.name != "sqlite"
         self._distributions_lock = threading.Lock()
+        # Each study's trial count as this store last numbered it, so that numbering
+        # reads only the trials added since (`numbering`). Not on SQLite, where
+        # counting the whole study costs no round trip: it keeps the plain count.
+        self._counts = TrialCounts()
+        self._remember_counts = self._writer.dialect.name != "sqlite"
+        # About how many trials each study has, from the trials read: on PostgreSQL a
+        # read of the newer trials picks the cheaper index by it (see `newer`). A hint
+        # only, so written without a lock.
+        self._study_sizes: dict[int, int] = {}
         self._committer = GroupCommitter(
             self._writer,
             self._apply_batch,
@@ -137,6 +147,8 @@ class Store:
             attempted = True
 
         self._transaction(remove, "delete study")
+        self._counts.forget(study_id)
+        self._study_sizes.pop(study_id, None)
         with self._distributions_lock:
             self._distributions = {
                 k: v for k, v in self._distributions.items() if k[0] != study_id
@@ -229,9 +241,13 @@ class Store:
         self, study_id: int, *, id_greater_than: int, ids: Collection[int] = ()
     ) -> list[TrialRow]:
         """Trials with id > `id_greater_than` or in `ids`, child rows included, by id."""
-        return self._read(
-            lambda conn: reads.load_trials(conn, study_id, id_greater_than, ids)
+        size = self._study_sizes.get(study_id, 0)
+        rows = self._read(
+            lambda conn: reads.load_trials(conn, study_id, id_greater_than, ids, size)
         )
+        if rows:  # numbers count the trials before: the last is about the study's size
+            self._study_sizes[study_id] = max(size, rows[-1].number + 1)
+        return rows
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -252,15 +268,26 @@ class Store:
     def _apply_batch(
         self, conn: Connection, operations: list[Operation], optimistic: bool
     ) -> Applied:
-        batch = Batch(conn, operations, self._distribution_of, optimistic=optimistic)
+        # Taken out for the batch and given back only once it committed: a batch that
+        # rolls back, or runs again the locking way, counts its studies in full.
+        counted = (
+            self._counts.take({op.study_id for op in operations if isinstance(op, CreateTrial)})
+            if optimistic and self._remember_counts
+            else {}
+        )
+        batch = Batch(
+            conn, operations, self._distribution_of, optimistic=optimistic, counted=counted
+        )
         results = batch.run()
 
-        def remember_distributions() -> None:  # committed: they now exist
+        def committed() -> None:  # what the batch wrote now exists
+            if self._remember_counts:
+                self._counts.remember(batch.counted)
             if self._cache_distributions:
                 with self._distributions_lock:
                     self._distributions.update(batch.new_distributions)
 
-        return Applied(results, batch.witness(), remember_distributions)
+        return Applied(results, batch.witness(), committed)
 
     def _batch_committed(self, witness: Witness) -> bool:
         return self._read(lambda conn: witness_present(conn, witness))
