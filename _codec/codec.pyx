@@ -1,10 +1,10 @@
 # cython: language_level=3
-"""The compiled wire codec, `shardproxy._codec`: the twin of shardproxy/_codec_py.py.
+"""The compiled wire codec, `shardproxy._codec`: the twin of shardproxy/_codec_py/.
 
 Decoders read request bytes through a bounds-checked struct buffer (readbuf),
 encoders write replies into a growable buffer (writebuf); field numbers and tags
 are the C constants of wire.pxd, the twin of shardproxy/wire.py. Behaviour, error
-messages included, is the pure module's; DecodeError is that module's class.
+messages included, is the pure codec's; DecodeError is that codec's class.
 """
 
 cimport cython

@@ -1,5 +1,5 @@
 # The read primitives. Each one checks what is left before it reads, and each
-# error message matches shardproxy/_codec_py.py, which has the same functions.
+# error message matches shardproxy/_codec_py/reading.py, which has the same functions.
 
 
 cdef inline ReadBuf rb_over(bytes data):

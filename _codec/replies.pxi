@@ -1,4 +1,4 @@
-# Reply encoders: the twins of the encode_* functions in shardproxy/_codec_py.py.
+# Reply encoders: the twins of the encode_* functions in shardproxy/_codec_py/replies.py.
 
 
 def encode_id_reply(value):

@@ -1,4 +1,4 @@
-# Request decoders: the twins of the decode_* functions in shardproxy/_codec_py.py.
+# Request decoders: the twins of the decode_* functions in shardproxy/_codec_py/requests.py.
 
 
 def decode_id_request(data):

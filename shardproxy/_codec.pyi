@@ -1,4 +1,4 @@
-"""Types of the compiled codec (built from _codec/codec.pyx); see shardproxy/_codec_py.py."""
+"""Types of the compiled codec (built from _codec/codec.pyx); see shardproxy/_codec_py/."""
 
 from collections.abc import Iterable, Mapping
 

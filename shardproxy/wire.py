@@ -2,7 +2,7 @@
 
 Optuna's StorageService as proto/storage.proto declares it: the service, its 19
 methods in the order of the file, and the number and wire type of every message
-field the codecs (shardproxy/_codec_py.py and its compiled twin, which reads the
+field the codecs (shardproxy/_codec_py/ and its compiled twin, which reads the
 same values from _codec/wire.pxd) and the load generator read or write. Each
 field has two names: `X`, its number, which decoders match after reading a tag;
 and `X_TAG`, the number and the wire type the field is written with, which
