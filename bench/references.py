@@ -26,11 +26,24 @@ from typing import Any
 import grpc
 
 from bench.loadgen.wire import varint
+from shardproxy.wire import (
+    ID_REPLY_ID_TAG,
+    ID_REQUEST_ID_TAG,
+    SERVICE,
+    TRIAL_DATETIME_START_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_NUMBER_TAG,
+    TRIAL_REPLY_TRIAL_TAG,
+)
 
-SERVICE = "optuna.StorageService"
 DEFAULT_ECHO_THREADS = 64  # shardproxy's default gRPC handler threads per worker
 # A started trial as the echo floor describes it: RUNNING, with a start time.
 _CANNED_DATETIME = "2025-01-01 00:00:00.000000"
+# The tags the echo handlers write, as bytes.
+_ID_REPLY_ID = bytes((ID_REPLY_ID_TAG,))
+_TRIAL_ID = bytes((TRIAL_ID_TAG,))
+_TRIAL_NUMBER = bytes((TRIAL_NUMBER_TAG,))
+_TRIAL_REPLY_TRIAL = bytes((TRIAL_REPLY_TRIAL_TAG,))
 
 
 def run_stock(storage_url: str, host: str, port: int) -> None:
@@ -46,7 +59,7 @@ def run_stock(storage_url: str, host: str, port: int) -> None:
 
 def _first_varint(request: bytes) -> int:
     """Field 1 of a request whose only field is an int64 (GetTrialRequest)."""
-    if not request or request[0] != 0x08:
+    if not request or request[0] != ID_REQUEST_ID_TAG:
         return 0
     value = shift = 0
     for byte in request[1:]:
@@ -86,15 +99,19 @@ class EchoHandlers:
     def __init__(self) -> None:
         self._replies = canned_replies()
         self._trial_ids = itertools.count(1)
-        self._trial_tail = b"*" + varint(len(_CANNED_DATETIME)) + _CANNED_DATETIME.encode()
+        self._trial_tail = (
+            bytes((TRIAL_DATETIME_START_TAG,))
+            + varint(len(_CANNED_DATETIME))
+            + _CANNED_DATETIME.encode()
+        )
 
     def create_new_trial(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return b"\x08" + varint(next(self._trial_ids))
+        return _ID_REPLY_ID + varint(next(self._trial_ids))
 
     def get_trial(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         trial_id = varint(_first_varint(request))
-        trial = b"\x08" + trial_id + b"\x10" + trial_id + self._trial_tail
-        return b"\x0a" + varint(len(trial)) + trial
+        trial = _TRIAL_ID + trial_id + _TRIAL_NUMBER + trial_id + self._trial_tail
+        return _TRIAL_REPLY_TRIAL + varint(len(trial)) + trial
 
     def canned(self, name: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         reply = self._replies[name]

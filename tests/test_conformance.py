@@ -14,7 +14,7 @@ from optuna.study import StudyDirection
 from optuna.testing.pytest_storages import StorageTestCase
 from optuna.trial import TrialState
 
-from shardproxy import codec
+from shardproxy import codec, wire
 from tests.proxies import proxy_client, running_workers
 
 
@@ -48,8 +48,8 @@ class TestStorageThroughShardproxy(StorageTestCase):
         assert set(storage.get_all_trials(study_id)[0].params) == set(param_names)
         with grpc.insecure_channel(f"127.0.0.1:{storage._port}") as channel:  # type: ignore[attr-defined]
             request = api_pb2.GetTrialRequest(trial_id=trial_id).SerializeToString()
-            reply = channel.unary_unary("/optuna.StorageService/GetTrial")(request, timeout=30)
-        assert reply[0] == 0x0A  # GetTrialReply: field 1, the Trial, length-delimited
+            reply = channel.unary_unary(wire.method_path("GetTrial"))(request, timeout=30)
+        assert reply[0] == wire.TRIAL_REPLY_TRIAL_TAG  # then the Trial's length and bytes
         length, shift, position = 0, 0, 1
         while True:
             byte = reply[position]

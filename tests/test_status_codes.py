@@ -14,7 +14,7 @@ from optuna.storages._grpc.auto_generated import api_pb2
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from shardproxy.wire import METHODS
+from shardproxy.wire import METHODS, method_path
 from tests.proxies import proxy_client, running_workers
 
 MINIMIZE = [StudyDirection.MINIMIZE]
@@ -39,7 +39,7 @@ def channel(server: int) -> Iterator[grpc.Channel]:
 
 
 def call_raw(channel: grpc.Channel, method: str, request: bytes) -> bytes:
-    return channel.unary_unary(f"/optuna.StorageService/{method}")(request, timeout=30)
+    return channel.unary_unary(method_path(method))(request, timeout=30)
 
 
 def status_of(channel: grpc.Channel, method: str, request: bytes) -> grpc.StatusCode:

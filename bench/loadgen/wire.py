@@ -3,15 +3,19 @@
 The virtual workers send exactly the bytes `GrpcStorageProxy` sends (proto3: fields
 in number order, zero values omitted, repeated scalars packed, negative int64 as a
 ten-byte varint); tests compare every encoder here with Optuna's `api_pb2`. Field
-tags and the service name are shardproxy.wire's, as the proxy's codecs use them. Only
-trial ids and states are read from replies: that is all the client cache's
-`included_trial_ids`/`trial_id_greater_than` bookkeeping needs.
+tags and the service name are shardproxy.wire's, as the proxy's codecs use them, and
+the trial states shardproxy.rows'. Only trial ids and states are read from replies:
+that is all the client cache's `included_trial_ids`/`trial_id_greater_than`
+bookkeeping needs.
 """
 
 from __future__ import annotations
 
 import struct
 
+from shardproxy.rows import COMPLETE as COMPLETE
+from shardproxy.rows import FAIL as FAIL
+from shardproxy.rows import FINISHED_STATES
 from shardproxy.wire import (
     ATTR_REQUEST_KEY_TAG,
     ATTR_REQUEST_OWNER_ID_TAG,
@@ -38,13 +42,12 @@ from shardproxy.wire import (
     TRIALS_REPLY_TRIALS_TAG,
     VARINT,
 )
-
-# The load generator's callers reach the service through this module.
 from shardproxy.wire import SERVICE as SERVICE
 from shardproxy.wire import method_path as method_path
 
-RUNNING, COMPLETE, PRUNED, FAIL, WAITING = 0, 1, 2, 3, 4
-FINISHED = frozenset((COMPLETE, PRUNED, FAIL))
+# The load generator's callers reach the service (SERVICE, method_path) and the trial
+# states (COMPLETE, FAIL, FINISHED) through this module.
+FINISHED = FINISHED_STATES
 
 _MASK64 = (1 << 64) - 1
 _pack_double = struct.Struct("<d").pack
