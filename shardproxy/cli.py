@@ -1,7 +1,9 @@
-"""`shardproxy serve | demo | --version`.
+"""`shardproxy serve | check | demo | --version`.
 
 Every `serve` flag falls back to a `SHARDPROXY_<FLAG>` environment variable (for
 `--db-pool-size`: `SHARDPROXY_DB_POOL_SIZE`), then to the default shown in --help.
+`check` reads `SHARDPROXY_HOST` and `SHARDPROXY_PORT` too, so that a probe beside
+`serve` asks the instance that the same environment configured.
 """
 
 from __future__ import annotations
@@ -10,17 +12,33 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardproxy import __version__
-from shardproxy.config import DEFAULT_STORAGE_URL, Config, usable_cores
+from shardproxy.config import DEFAULT_STORAGE_URL, LOG_FORMATS, Config, usable_cores
+from shardproxy.startup import EXIT_CODES
+
+
+def byte_size(text: str) -> int:
+    """`67108864`, `64MiB`, `64M` or `64m` (powers of 1024: K, M, G, with or without iB)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(number[-1:], 1)
+    if scale > 1:
+        number = number[:-1]
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+
 
 _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("storage", str, "database URL in SQLAlchemy form, e.g. mysql+pymysql://user:pass@host/db, "
      "postgresql+psycopg2://user@host/db (mysql+mysqldb:// takes the C driver mysqlclient, "
      "cheaper on CPU, if installed); default: an SQLite file in the working directory"),
-    ("host", str, "address to listen on"),
+    ("host", str, "address to listen on: an IPv4 or IPv6 address (0.0.0.0 or :: for all, "
+     "[::] too) or a host name"),
     ("port", int, "port to listen on (0: pick a free one)"),
     ("workers", int, "worker processes sharing the port, each owning a shard of the studies"),
     ("threads", int, "gRPC handler threads per worker (bounds the RPCs in flight per worker)"),
@@ -33,9 +51,29 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("retry-deadline", float, "seconds a transient database error is retried before failing"),
     ("cache-max-trials", int, "trials cached per worker before whole studies are evicted"),
     ("drain-timeout", float, "seconds in-flight RPCs may take to finish on SIGTERM"),
+    ("drain-delay", float, "seconds a stopping worker keeps serving while health checks say "
+     "NOT_SERVING, before it closes its port (within --drain-timeout)"),
+    ("db-check-interval", float, "seconds between a worker's checks that its database answers"),
+    ("db-down-after", float, "seconds without an answer from the database after which a "
+     "worker's health is NOT_SERVING (it returns to SERVING on its own)"),
+    ("keepalive-time", float, "seconds a connection may stay silent before the server pings "
+     "it (0: never)"),
+    ("keepalive-timeout", float, "seconds to wait for a ping's answer before the server "
+     "closes the connection"),
+    ("min-ping-interval", float, "least seconds between a client's keepalive pings that the "
+     "server accepts (more often: the connection is closed)"),
+    ("max-connection-age", float, "seconds after which a client's connection is asked to go "
+     "away and the client reconnects, spreading connections over the workers again "
+     "(0: no limit)"),
+    ("max-connection-age-grace", float, "seconds calls in flight on an aged connection may "
+     "take to finish"),
+    ("max-request-bytes", byte_size, "largest request accepted, in bytes (64MiB, 1G, ...); a "
+     "larger one gets RESOURCE_EXHAUSTED; replies are not limited"),
     ("standbys", int, "idle processes kept booted to replace a crashed worker at once "
      "(0: none; each costs the memory of an idle worker)"),
-    ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR (DEBUG: an access line per RPC, and "
+     "the traceback behind a start-up error)"),
+    ("log-format", str, f"{' or '.join(LOG_FORMATS)} (json: one object per line)"),
 ]
 _FIELD_OF_FLAG = {"storage": "storage_url"}
 
@@ -73,8 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Optuna's gRPC storage API for a database",
         description="Serve Optuna's gRPC storage API for a database until SIGTERM/SIGINT, "
         "which drain in-flight requests before exiting.",
+        epilog="exit codes:\n" + "\n".join(
+            textwrap.fill(text, 79, initial_indent=f"  {code}  ", subsequent_indent="     ")
+            for code, text in EXIT_CODES.items()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_serve_flags(serve, Config(workers=usable_cores()))
+
+    check = commands.add_parser(
+        "check",
+        help="ask a running instance's gRPC health service; exit 0 if it serves",
+        description="Call grpc.health.v1.Health/Check on a running instance, print one line, "
+        "and exit 0 when it answers SERVING, 1 otherwise (NOT_SERVING, unreachable, no "
+        "answer in time): a probe for containers, systemd and load balancers.",
+    )
+    check.add_argument("--host", default=os.environ.get(_env_name("host"), "localhost"),
+                       help="the instance's address; 0.0.0.0 and :: mean this machine "
+                       "[env SHARDPROXY_HOST; default: %(default)s]")
+    check.add_argument("--port", type=int, default=int(os.environ.get(_env_name("port"), 13000)),
+                       help="its port [env SHARDPROXY_PORT; default: %(default)s]")
+    check.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds to wait for the answer [default: %(default)s]")
+    check.add_argument("--service", default="",
+                       help="the service to ask about: '' for the whole worker, or "
+                       "optuna.StorageService [default: '']")
 
     demo = commands.add_parser(
         "demo",
@@ -104,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "check":
+        from shardproxy.health import check_health
+
+        serving, line = check_health(args.host, args.port, args.timeout, args.service)
+        print(line)
+        return 0 if serving else 1
     if args.command == "demo":
         from shardproxy.demo import run_demo
 
@@ -119,10 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shardproxy.logs import configure_logging
     from shardproxy.server import run
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
 
     try:
         return run(config)
     except OSError as exc:
         print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C during the start-up checks
+        return 130

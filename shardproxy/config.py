@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 DEFAULT_STORAGE_URL = "sqlite:///shardproxy.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# gRPC takes a message size limit as a C int.
+MAX_REQUEST_BYTES = (1 << 31) - 1
 
 
 def usable_cores() -> int:
@@ -45,11 +48,35 @@ class Config:
     # Cached trials per worker, summed over its studies; whole least-recently-used
     # studies are evicted beyond it.
     cache_max_trials: int = 2_000_000
+    # Seconds a stopping worker answers, and reports NOT_SERVING to health checks,
+    # before it closes its port: load balancers stop sending first. Counted within
+    # drain_timeout.
+    drain_delay: float = 1.0
     drain_timeout: float = 30.0
+    # Each worker checks its database every db_check_interval seconds; after
+    # db_down_after seconds without an answer it reports NOT_SERVING.
+    db_check_interval: float = 1.0
+    db_down_after: float = 3.0
+    # Connections. The server pings a connection idle for keepalive_time seconds
+    # (0: never) and drops it when no answer comes within keepalive_timeout: a dead
+    # client's connection does not linger. Clients may ping as often as every
+    # min_ping_interval seconds, with or without calls in flight.
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    min_ping_interval: float = 10.0
+    # A connection older than this (0: no limit) is asked to go away (GOAWAY; the
+    # client reconnects), so that connections spread over all workers again after a
+    # worker restarts; calls in flight get max_connection_age_grace to finish.
+    max_connection_age: float = 300.0
+    max_connection_age_grace: float = 60.0
+    # The largest request accepted (larger ones get RESOURCE_EXHAUSTED); replies are
+    # not limited.
+    max_request_bytes: int = 64 << 20
     # Booted, idle worker processes that replace a crashed worker at once; without
     # one a replacement first spends most of a second importing.
     standbys: int = 1
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         """Refuses settings no proxy could run with, naming the setting."""
@@ -57,6 +84,10 @@ class Config:
             "workers": 1, "threads": 1, "db_pool_size": 1, "max_batch": 1,
             "port": 0, "standbys": 0, "cache_max_trials": 0, "commit_window": 0.0,
             "sync_window": 0.0, "retry_deadline": 0.0, "drain_timeout": 0.0,
+            "drain_delay": 0.0, "db_check_interval": 0.01, "db_down_after": 0.0,
+            "keepalive_time": 0.0, "keepalive_timeout": 0.001, "min_ping_interval": 0.0,
+            "max_connection_age": 0.0, "max_connection_age_grace": 0.0,
+            "max_request_bytes": 1024,
         }  # fmt: skip
         for name, least in at_least.items():
             value = getattr(self, name)
@@ -64,9 +95,18 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be at least {least}, got {value}")
         if self.port > 65535:
             raise ValueError(f"port must be at most 65535, got {self.port}")
+        if self.max_request_bytes > MAX_REQUEST_BYTES:
+            raise ValueError(
+                f"max-request-bytes must be at most {MAX_REQUEST_BYTES}, "
+                f"got {self.max_request_bytes}"
+            )
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(
                 f"log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
 
     def replace(self, **changes: object) -> Config:

@@ -34,7 +34,12 @@ _logger = logging.getLogger(__name__)
 
 STATUS_OK = 0
 STATUS_INTERNAL = 13  # gRPC's INTERNAL: the handler raised
-DEFAULT_MAX_MESSAGE_SIZE = 1 << 30  # a GetTrials reply of a huge study can be large
+# The most a frame's uint32 length can say, as much as gRPC's own 4-byte message
+# length can: replies are no more limited here than on the client's connection (a
+# GetTrials reply of a huge study is large). Requests are limited to what the
+# worker's gRPC server accepts (`max_request_size`, from --max-request-bytes), so
+# a request the front took is never refused by the owner.
+DEFAULT_MAX_MESSAGE_SIZE = (1 << 32) - 1
 
 _HEADER = struct.Struct("<IIi")  # payload length, request id, method index / status
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
@@ -158,19 +163,26 @@ Handler = Callable[[int, bytes], tuple[int, bytes]]
 class ForwardServer:
     """Serves `handler(method_index, request) -> (status, payload)` on a Unix socket.
 
-    Listens as soon as it is constructed. One thread per connection: a client holds
-    a connection for one call at a time, so the threads never outnumber the calls
-    the peers make concurrently. A handler exception is answered with status
-    INTERNAL. `close()` stops accepting, lets calls in flight finish and reply, then
-    closes every connection.
+    Requests are at most `max_request_size` bytes (default `max_message_size`),
+    replies at most `max_message_size`. Listens as soon as it is constructed. One
+    thread per connection: a client holds a connection for one call at a time, so
+    the threads never outnumber the calls the peers make concurrently. A handler
+    exception is answered with status INTERNAL. `close()` stops accepting, lets calls
+    in flight finish and reply, then closes every connection.
     """
 
     def __init__(
-        self, path: str, handler: Handler, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+        self,
+        path: str,
+        handler: Handler,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_request_size: int | None = None,
     ) -> None:
         self.path = path
         self._handler = handler
         self._max_message_size = max_message_size
+        self._max_request_size = max_message_size if max_request_size is None else max_request_size
         self._listener = _listen_unix(path)
         self._inode = os.stat(path).st_ino
         self._wake_r, self._wake_w = os.pipe()
@@ -234,7 +246,7 @@ class ForwardServer:
     def _serve_connection(self, channel: _Channel) -> None:
         try:
             while True:
-                frame = channel.recv_frame(self._max_message_size)
+                frame = channel.recv_frame(self._max_request_size)
                 if frame is None:
                     return
                 request_id, method_index, request = frame
@@ -297,6 +309,7 @@ class ForwardClient:
     here (the peer may have acted on it). While the peer is down, connecting (and
     sending on the new connection) is retried for up to `connect_timeout` seconds (a
     restarting worker is usually back within that), then `ForwardError` is raised.
+    Limits as the server's: requests `max_request_size`, replies `max_message_size`.
     """
 
     def __init__(
@@ -306,11 +319,13 @@ class ForwardClient:
         connect_timeout: float = 1.0,
         max_idle: int = 64,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_request_size: int | None = None,
     ) -> None:
         self.path = path
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._max_message_size = max_message_size
+        self._max_request_size = max_message_size if max_request_size is None else max_request_size
         self._idle: list[_Channel] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -324,7 +339,7 @@ class ForwardClient:
         Raises ForwardError when the peer cannot be reached or breaks the protocol,
         TimeoutError when no reply arrives within `timeout` seconds.
         """
-        if len(request) > self._max_message_size:
+        if len(request) > self._max_request_size:
             raise ValueError(f"request of {len(request)} bytes exceeds the forwarding limit")
         deadline = None if timeout is None else time.monotonic() + timeout
         request_id = next(self._request_ids) & 0xFFFFFFFF

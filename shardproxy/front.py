@@ -131,6 +131,22 @@ class Front:
         except StatusError as exc:
             return exc.code.value[0], exc.details.encode()
 
+    def whereabouts(self, method_index: int, request: bytes) -> tuple[int | None, int | None]:
+        """For an access line: the request's study, and the shard it was forwarded to.
+
+        (study, None) when served here; (None, None) for a request that names no
+        study, or a trial whose study this worker has not learned (no database read).
+        """
+        decode, scope = self._requests[method_index]
+        if scope is Scope.NONE:
+            return None, None
+        first = decode(request)[0]
+        study_id = first if scope is Scope.STUDY else self._router.remembered_study_of(first)
+        if study_id is None:
+            return None, None
+        owner = self._router.owner_of(study_id)
+        return study_id, None if owner == self._router.shard_index else owner
+
     def _read(self, method_index: int, request: bytes) -> tuple[tuple[Any, ...], int | None]:
         """The request's fields, and the study it touches (None for no study)."""
         decode, scope = self._requests[method_index]

@@ -1,4 +1,9 @@
-"""The port the workers share: check that nobody else holds it, before they bind it.
+"""The address the workers share: how to write it, and that nobody else holds it.
+
+`--host` takes what uvicorn and gunicorn take: an IPv4 or IPv6 literal (`::`,
+`::1`, also in brackets, `[::]`), or a host name. gRPC wants IPv6 literals in
+brackets (`[::1]:13000`); `grpc_address` writes every address the worker binds
+and the health check dials, so no caller formats one itself.
 
 With SO_REUSEPORT every worker binds the same port and the kernel spreads the
 connections over them; it would just as silently share the port with a stale or
@@ -16,6 +21,26 @@ class PortInUseError(OSError):
     """Another process holds the port the workers are to share."""
 
 
+class BadHostError(OSError):
+    """The host does not resolve, or none of its addresses is on this machine."""
+
+
+def bare_host(host: str) -> str:
+    """The host without the brackets an IPv6 literal may come in (`[::1]` → `::1`)."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
+def grpc_address(host: str, port: int) -> str:
+    """`host:port` as gRPC binds and dials it: an IPv6 literal in brackets."""
+    bare = bare_host(host)
+    if ":" in bare:  # only an IPv6 literal has a colon; a name or IPv4 address has none
+        return f"[{bare}]:{port}"
+    return f"{bare}:{port}"
+
+
 def ensure_port_free(host: str, port: int) -> int:
     """Checks that nothing listens on `host:port`; returns the port (a free one if 0).
 
@@ -27,27 +52,42 @@ def ensure_port_free(host: str, port: int) -> int:
     addresses = _addresses(host, port)
     for _ in range(100):  # port 0: the port picked on one address may be taken on another
         chosen = port
+        bound = 0
         try:
             for family, address in addresses:
-                chosen = _probe(family, (address[0], chosen, *address[2:])) or chosen
+                probed = _probe(family, (address[0], chosen, *address[2:]))
+                if probed:
+                    chosen = probed
+                    bound += 1
         except PortInUseError:
             if port == 0:
                 continue
             raise PortInUseError(
                 errno.EADDRINUSE,
-                f"{host}:{port} is already in use by another process; stop it or choose "
-                "another port (shardproxy shares a port only among its own workers)",
+                f"{grpc_address(host, port)} is already in use by another process; stop it "
+                "or choose another port (shardproxy shares a port only among its own workers)",
             ) from None
-        if chosen == 0:
-            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound here")
+        if bound == 0:
+            raise BadHostError(
+                errno.EADDRNOTAVAIL,
+                f"no address of --host {host} is on this machine; give one of its own "
+                "addresses, 0.0.0.0 or :: for all of them, or 127.0.0.1 for this machine only",
+            )
         return chosen
     raise PortInUseError(errno.EADDRINUSE, f"found no port free on every address of {host}")
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
-    infos = socket.getaddrinfo(
-        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    try:
+        infos = socket.getaddrinfo(
+            bare_host(host) or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BadHostError(
+            errno.EINVAL,
+            f"--host {host} does not resolve ({exc.strerror}); give an IP address such as "
+            "0.0.0.0, :: or 127.0.0.1, or a host name this machine resolves",
+        ) from None
     addresses: list[tuple[int, tuple[Any, ...]]] = []
     for family, _, _, _, address in infos:
         if (family, address) not in addresses:

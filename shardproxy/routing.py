@@ -222,6 +222,10 @@ class Router:
             self._trial_studies.learn(trial_id, study_id)
         return study_id
 
+    def remembered_study_of(self, trial_id: int) -> int | None:
+        """The trial's study if this worker has learned it; never reads the database."""
+        return self._trial_studies.get(trial_id)
+
     def look_up_again(self, trial_id: int) -> int:
         """The trial's study read afresh, for when the remembered one proved stale.
 

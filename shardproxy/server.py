@@ -7,6 +7,7 @@ import resource
 
 from shardproxy.child import Entry
 from shardproxy.config import Config
+from shardproxy.startup import StartupError, check_address, check_database
 from shardproxy.supervisor import Supervisor
 
 _logger = logging.getLogger(__name__)
@@ -19,7 +20,17 @@ def run(config: Config) -> int:
     crashes, and drains them on SIGTERM. It never imports gRPC or a database driver
     (`Entry` names the worker's functions, imported only in the worker processes),
     as gRPC must not be initialised in a process before it forks.
+
+    First, once: the host and port, then the database (see `startup`). A problem
+    there is logged as one line and ends the start with its own exit code, before
+    any worker would fail on it.
     """
+    try:
+        check_address(config.host, config.port)
+        check_database(config)
+    except StartupError as exc:
+        exc.log(_logger)
+        return exc.exit_code
     raise_open_file_limit()
     supervisor = Supervisor(
         Entry("shardproxy.worker", "serve", (config,)),

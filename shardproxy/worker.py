@@ -7,12 +7,16 @@ the database before the process knows its shard (a standby does it ahead),
 `serve` serves that shard until the supervisor says stop, then drains.
 Everything that opens a socket or a database connection is created here, after
 the process started, never before a fork.
+
+Besides Optuna's service the gRPC server serves the standard health service
+(`health`), and its options carry the connection policy of `Config`: keepalive,
+a maximum connection age, and the request size limit.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,22 +26,25 @@ from shardproxy import codec
 from shardproxy.cache import StudyCaches
 from shardproxy.child import WorkerSpec, name_process
 from shardproxy.config import Config
-from shardproxy.errors import StatusError
 from shardproxy.forwarding import ForwardClient, ForwardServer
 from shardproxy.front import Front
-from shardproxy.logs import configure_logging
+from shardproxy.health import Health
+from shardproxy.logs import configure_logging, set_worker
 from shardproxy.metrics import Metrics
+from shardproxy.ports import grpc_address
 from shardproxy.routing import Router
+from shardproxy.rpc import method_handlers
 from shardproxy.service import Service
 from shardproxy.store import Store
 from shardproxy.urls import masked_url
-from shardproxy.wire import METHODS, SERVICE
+from shardproxy.wire import SERVICE
 
 _logger = logging.getLogger(__name__)
 
 # How long a forwarded request waits for its owner to come back after a crash; the
 # supervisor restarts a worker within about a second.
 OWNER_RESTART_WAIT = 10.0
+_INT_MAX = (1 << 31) - 1  # gRPC's integer options are C ints
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,11 @@ class Worker:
             None
             if index == shard.index
             # Wait for a restarting owner rather than failing the client at once.
-            else ForwardClient(path, connect_timeout=OWNER_RESTART_WAIT)
+            else ForwardClient(
+                path,
+                connect_timeout=OWNER_RESTART_WAIT,
+                max_request_size=config.max_request_bytes,
+            )
             for index, path in enumerate(shard.peer_socket_paths)
         ]
         self.front = Front(
@@ -94,25 +105,31 @@ class Worker:
             forward_timeout=config.retry_deadline + 30.0,
         )
         self._forward_server: ForwardServer | None = None
+        self.health = Health(
+            store.ping, interval=config.db_check_interval, down_after=config.db_down_after
+        )
         self._server = self._make_grpc_server()
+        self.health.register(self._server)
         self.port = 0
 
     def start(self) -> int:
         """Binds the port (shared with the other workers) and starts serving."""
-        address = f"{self.config.host}:{self.config.port}"
+        address = grpc_address(self.config.host, self.config.port)
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         if self.shard.count > 1:
             path = self.shard.peer_socket_paths[self.shard.index]
-            self._forward_server = ForwardServer(path, self.front.handle_forwarded)
+            self._forward_server = ForwardServer(
+                path, self.front.handle_forwarded, max_request_size=self.config.max_request_bytes
+            )
         self._server.start()
+        self.health.start()
         _logger.info(
-            "worker %d/%d listening on %s:%d, codec %s, database %s",
+            "worker %d/%d listening on %s, codec %s, database %s",
             self.shard.index,
             self.shard.count,
-            self.config.host,
-            self.port,
+            grpc_address(self.config.host, self.port),
             codec.describe(),
             masked_url(self.config.storage_url),
         )
@@ -123,9 +140,21 @@ class Worker:
         return sum(n for k, n in self.metrics.snapshot().items() if k.startswith("received."))
 
     def stop(self, grace: float | None = None) -> None:
-        """Stops accepting, lets in-flight RPCs finish within `grace`, closes the pools."""
-        grace = self.config.drain_timeout if grace is None else grace
+        """Drains: NOT_SERVING, then stops accepting, lets in-flight RPCs finish, closes.
+
+        Health turns NOT_SERVING first and the worker goes on serving for
+        `drain_delay` seconds, so that a load balancer probing it stops sending
+        before the port closes. In-flight RPCs then have `grace` seconds (by
+        default what is left of `drain_timeout`, the supervisor's deadline).
+        """
+        delay = self.config.drain_delay
+        if grace is None:
+            grace = max(0.0, self.config.drain_timeout - delay)
+        self.health.drain()
+        if delay > 0:
+            time.sleep(delay)
         self._server.stop(grace).wait()
+        self.health.close()
         _logger.info("worker %d stopped: %s", self.shard.index, self.metrics.summary())
         if self._forward_server is not None:
             self._forward_server.close()
@@ -135,42 +164,45 @@ class Worker:
         self.store.close()
 
     def _make_grpc_server(self) -> grpc.Server:
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                _rpc(self.front.handle, index, self.metrics)
-            )
-            for index, name in enumerate(METHODS)
-        }
+        handlers = method_handlers(self.front, self.metrics)
         return grpc.server(
             ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="rpc"),
             handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
-            options=[
-                # The workers share the port; the supervisor made sure nobody else holds it.
-                ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-            ],
+            options=server_options(self.config),
         )
 
 
-def _rpc(
-    handle: Callable[[int, bytes], bytes], method_index: int, metrics: Metrics
-) -> Callable[[bytes, grpc.ServicerContext], bytes]:
-    """A raw-bytes gRPC handler for one method: no generated message classes."""
-    counter = f"received.{METHODS[method_index]}"
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """The gRPC server's options: port sharing, message sizes, keepalive, connection age."""
 
-    def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
-        metrics.add(counter)
-        try:
-            return handle(method_index, request)
-        except StatusError as exc:
-            context.abort(exc.code, exc.details)
-        except Exception:
-            _logger.exception("%s failed", METHODS[method_index])
-            context.abort(grpc.StatusCode.INTERNAL, f"{METHODS[method_index]} failed")
-        raise AssertionError("unreachable")  # context.abort always raises
+    def ms(seconds: float) -> int:
+        return min(int(seconds * 1000), _INT_MAX)
 
-    return rpc
+    keepalive_ms = ms(config.keepalive_time) if config.keepalive_time > 0 else _INT_MAX
+    options = [
+        # The workers share the port; the supervisor made sure nobody else holds it.
+        ("grpc.so_reuseport", 1),
+        # A larger request is answered RESOURCE_EXHAUSTED; the worker carries on.
+        ("grpc.max_receive_message_length", config.max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        # Ping a silent connection, idle ones too (a dead client's connection would
+        # otherwise hold its file and memory for gRPC's default two hours), and
+        # without the default cap of two pings between data frames.
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", ms(config.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Clients' own keepalive pings are welcome down to this interval (gRPC's
+        # default of five minutes closes the connection of a client pinging every
+        # minute).
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(config.min_ping_interval)),
+    ]
+    if config.max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", ms(config.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(config.max_connection_age_grace)),
+        ]
+    return options
 
 
 # -- a worker's life in its process (see `child`) -------------------------------------
@@ -178,13 +210,14 @@ def _rpc(
 
 def prepare(config: Config) -> Store:
     """Runs first in every worker process, before it knows its shard."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     return open_store(config)
 
 
 def serve(config: Config, spec: WorkerSpec) -> None:
     """Serves `spec`'s shard until told to stop (SIGTERM, or the supervisor left); drains."""
     name_process(f"shardproxy-w{spec.shard_index}")
+    set_worker(spec.shard_index)
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
     store = spec.prepared if isinstance(spec.prepared, Store) else None
     worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard, store)

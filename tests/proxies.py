@@ -29,6 +29,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_workers(url: str, workers: int = 1, **options: object) -> Iterator[list[Worker]]:
     """Starts `workers` shardproxy workers on one port; stops them afterwards."""
+    options = {"drain_delay": 0.0, **options}  # no load balancer to tell, unless a test says
     config = Config(storage_url=url, host="127.0.0.1", port=free_port(), workers=workers,
                     threads=32, drain_timeout=5.0, **options)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="shardproxy-test-") as sockets:

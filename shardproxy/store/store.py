@@ -102,6 +102,11 @@ class Store:
         self._writer.dispose()
         self._reader.dispose()
 
+    def ping(self) -> None:
+        """One `SELECT 1` on the read pool, not retried: raises if the database is down."""
+        with self._reader.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").scalar()
+
     # -- studies ---------------------------------------------------------------------
 
     def create_new_study(self, directions: Sequence[int], study_name: str) -> int:

@@ -1,0 +1,119 @@
+"""A worker's gRPC handlers for Optuna's service: raw request bytes in, raw reply bytes out.
+
+No generated message classes: each method's handler hands the request bytes to the
+front and answers its reply, or the status of the error it raised.
+
+Observers see each RPC once it is answered: its method, request, status code and
+duration. With none (the default) a handler does not even read the clock. At
+DEBUG the access log is one (logger `shardproxy.access`): one line per RPC with
+the method, the study, the status code, the duration, and whether it was served
+here or forwarded to the study's owner. Which observers run is decided once, when
+the handlers are built, never per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from shardproxy.errors import StatusError
+from shardproxy.front import Front
+from shardproxy.metrics import Metrics
+from shardproxy.wire import METHODS
+
+_logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("shardproxy.access")
+
+RawHandler = Callable[[bytes, grpc.ServicerContext], bytes]
+# (method index, request bytes, status code, seconds it took)
+Observer = Callable[[int, bytes, grpc.StatusCode, float], None]
+
+
+def method_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
+    """One unary handler per method name of the service, for a generic handler."""
+    observers: list[Observer] = []
+    if metrics.exported:
+        observers.append(metrics.observe)
+    if access_logger.isEnabledFor(logging.DEBUG):
+        observers.append(AccessLog(front).observe)
+    handlers = {}
+    for index, name in enumerate(METHODS):
+        rpc = _rpc(front, index, metrics)
+        if observers:
+            rpc = _observed(rpc, index, observers)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(rpc)
+    return handlers
+
+
+def _rpc(front: Front, method_index: int, metrics: Metrics) -> RawHandler:
+    handle = front.handle
+    counter = f"received.{METHODS[method_index]}"
+
+    def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
+        metrics.add(counter)
+        try:
+            return handle(method_index, request)
+        except StatusError as exc:
+            context.abort(exc.code, exc.details)
+        except Exception:
+            _logger.exception("%s failed", METHODS[method_index])
+            context.abort(grpc.StatusCode.INTERNAL, f"{METHODS[method_index]} failed")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return rpc
+
+
+def _observed(rpc: RawHandler, method_index: int, observers: Sequence[Observer]) -> RawHandler:
+    """`rpc`, then each observer with the status it ended with and its duration."""
+
+    def observed(request: bytes, context: grpc.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return rpc(request, context)
+        except Exception:
+            # context.abort raised, having set the status.
+            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            for observe in observers:
+                observe(method_index, request, code, seconds)
+
+    return observed
+
+
+class AccessLog:
+    """Writes one DEBUG line per RPC a client sent to this worker's front."""
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+
+    def observe(
+        self, method_index: int, request: bytes, code: grpc.StatusCode, seconds: float
+    ) -> None:
+        try:
+            study, owner = self._front.whereabouts(method_index, request)
+        except Exception:  # a malformed request: it was answered INVALID_ARGUMENT
+            study, owner = None, None
+        method = METHODS[method_index]
+        duration_ms = seconds * 1000.0
+        access_logger.debug(
+            "%s study %s: %s in %.2f ms, %s",
+            method,
+            "-" if study is None else study,
+            code.name,
+            duration_ms,
+            "served here" if owner is None else f"forwarded to worker {owner}",
+            extra={
+                "method": method,
+                "study": study,
+                "code": code.name,
+                "duration_ms": round(duration_ms, 3),
+                "route": "here" if owner is None else "forwarded",
+                "owner": owner,
+            },
+        )

@@ -1,0 +1,207 @@
+"""Every worker serves gRPC's standard health service, and says what a balancer must know.
+
+Real gRPC health clients (`grpc_health.v1` stubs and `shardproxy check`) against
+real workers: in this process for the service itself, a `shardproxy serve`
+process for draining on SIGTERM, and the local MariaDB server stopped and started
+again for a database outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shardproxy.wire import SERVICE
+from tests.proxies import free_port, proxy_client, running_workers
+
+BOUND = 60.0  # every wait here ends; none of them is a speed claim
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_status(port: int, service: str = "", host: str = "127.0.0.1") -> str:
+    """The status name a fresh connection gets, or the gRPC code it failed with."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # A channel of its own each time: a new connection, so a closed port shows.
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc.code().name  # type: ignore[attr-defined, no-any-return]
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def wait_for_status(port: int, wanted: str, timeout: float = BOUND) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health_status(port) == wanted:
+            return True
+        time.sleep(0.1)
+    return health_status(port) == wanted
+
+
+def test_every_worker_answers_for_itself_and_for_optunas_service(sqlite_url: str) -> None:
+    with running_workers(sqlite_url, workers=2) as workers:
+        port = workers[0].port
+        assert health_status(port, "") == "SERVING"
+        assert health_status(port, SERVICE) == "SERVING"
+        assert SERVICE == "optuna.StorageService"
+        assert health_status(port, "no.such.Service") == "NOT_FOUND"
+        # Each worker's own service, whichever worker a connection lands on.
+        for worker in workers:
+            assert worker.health.servicer.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), None
+            ).status == SERVING
+
+
+def test_a_draining_worker_says_not_serving_and_keeps_answering_meanwhile(
+    sqlite_url: str,
+) -> None:
+    with running_workers(sqlite_url, workers=1) as (worker,):
+        with proxy_client(worker.port) as client:
+            worker.health.drain()
+            assert health_status(worker.port, "") == "NOT_SERVING"
+            assert health_status(worker.port, SERVICE) == "NOT_SERVING"
+            # Clients still in flight are served until the port closes.
+            assert client.get_all_studies() == []
+            # A drained worker stays NOT_SERVING whatever its probe finds.
+            time.sleep(worker.config.db_check_interval * 3)
+            assert health_status(worker.port) == "NOT_SERVING"
+
+
+def test_check_command_exit_codes(sqlite_url: str) -> None:
+    def check(*flags: str) -> tuple[int, str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "shardproxy", "check", *flags],
+            capture_output=True, text=True, timeout=BOUND,
+        )
+        return result.returncode, result.stdout.strip()
+
+    with running_workers(sqlite_url, workers=1) as (worker,):
+        port = str(worker.port)
+        assert check("--host", "127.0.0.1", "--port", port) == (
+            0, f"127.0.0.1:{port} (overall): SERVING"
+        )
+        code, line = check("--port", port, "--service", SERVICE)
+        assert code == 0 and line.endswith(f"{SERVICE}: SERVING")
+        code, line = check("--port", port, "--service", "no.such.Service")
+        assert code == 1 and "unknown service" in line
+        worker.health.drain()
+        code, line = check("--host", "127.0.0.1", "--port", port)
+        assert (code, line) == (1, f"127.0.0.1:{port} (overall): NOT_SERVING")
+    code, line = check("--host", "127.0.0.1", "--port", port)  # nothing listens now
+    assert code == 1 and "unreachable" in line and "\n" not in line
+    # A peer that accepts the connection and never speaks HTTP/2.
+    with socket_that_never_answers() as silent_port:
+        code, line = check("--host", "127.0.0.1", "--port", str(silent_port), "--timeout", "1")
+    assert code == 1 and "no answer within 1 s" in line
+
+
+@contextlib.contextmanager
+def socket_that_never_answers() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # the kernel completes handshakes; nobody reads
+        yield listener.getsockname()[1]
+
+
+def test_sigterm_turns_health_not_serving_before_the_port_closes(sqlite_url: str) -> None:
+    """What a load balancer sees while `shardproxy serve` drains."""
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardproxy", "serve", "--storage", sqlite_url, "--host",
+         "127.0.0.1", "--port", str(port), "--workers", "1", "--standbys", "0",
+         "--drain-delay", "3", "--log-level", "WARNING"],
+        stderr=log, text=True,
+    )
+    try:
+        assert wait_for_status(port, "SERVING"), "the worker never served"
+        with proxy_client(port) as client:
+            process.send_signal(signal.SIGTERM)
+            seen: list[str] = []
+            deadline = time.monotonic() + BOUND
+            while time.monotonic() < deadline:
+                status = health_status(port)
+                if not seen or seen[-1] != status:
+                    seen.append(status)
+                if status == "NOT_SERVING" and "answered while draining" not in seen:
+                    # Still answering Optuna's clients while the balancer is told.
+                    client.get_all_studies()
+                    seen.append("answered while draining")
+                if status == "UNAVAILABLE":
+                    break
+                time.sleep(0.05)
+        assert process.wait(timeout=BOUND) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    # SERVING (the signal may beat the first poll), then NOT_SERVING while the port
+    # is still open, then the port closed; never SERVING again.
+    assert seen[-1] == "UNAVAILABLE", seen
+    assert "NOT_SERVING" in seen, seen
+    assert "answered while draining" in seen, seen
+    after = seen[seen.index("NOT_SERVING"):]
+    assert "SERVING" not in after, seen
+
+
+# -- the database goes away and comes back ----------------------------------------------
+
+
+def mariadb_answers() -> bool:
+    result = subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "ping"],
+                            capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def start_mariadb() -> None:
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
+                    "--exec", "/usr/sbin/mariadbd"], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while not mariadb_answers():
+        if time.monotonic() > deadline:
+            raise RuntimeError("MariaDB did not come back within 120 s")
+        time.sleep(0.2)
+
+
+def stop_mariadb() -> None:
+    subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "shutdown"], check=True,
+                   timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("start-stop-daemon") is None or
+                    shutil.which("mysqladmin") is None, reason="needs MariaDB's tools")
+def test_health_follows_the_database_down_and_up_again(mariadb_url: str) -> None:
+    with running_workers(mariadb_url, workers=1, db_check_interval=0.2,
+                         db_down_after=1.0) as (worker,):
+        port = worker.port
+        with proxy_client(port) as client:
+            assert health_status(port) == "SERVING"
+            try:
+                stop_mariadb()
+                went_down = wait_for_status(port, "NOT_SERVING")
+                assert health_status(port, SERVICE) == "NOT_SERVING"
+            finally:
+                start_mariadb()  # whatever happened: the server answers again
+            came_back = wait_for_status(port, "SERVING")
+            assert went_down, "health stayed SERVING with the database down"
+            assert came_back, "health did not return to SERVING with the database back"
+            assert health_status(port, SERVICE) == "SERVING"
+            assert client.get_all_studies() == []  # and it serves again
