@@ -25,16 +25,24 @@ class StatusError(Exception):
 
 
 # The client's mapping of codes to exceptions, read backwards; first match wins
-# (DecodeError is a ValueError, but says more). A database error reaches here only
-# after the store retried it up to its deadline: the client may try again later.
+# (DecodeError is a ValueError, but says more). An OperationalError reaches here
+# only after the store retried it up to its deadline: the client may try again
+# later. A DataError is the database refusing a value of the request (a string
+# longer than its column, a step past the column's integer range); its transaction
+# was rolled back (a group commit that fails so runs again one write per
+# transaction), so the refused request has written nothing.
 _CODE_OF_ERROR: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
     (codec.DecodeError, grpc.StatusCode.INVALID_ARGUMENT, "malformed request"),
     (KeyError, grpc.StatusCode.NOT_FOUND, "not found"),
     (DuplicatedStudyError, grpc.StatusCode.ALREADY_EXISTS, "study name taken"),
     (UpdateFinishedTrialError, grpc.StatusCode.FAILED_PRECONDITION, "trial already finished"),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT, "invalid value"),
+    (sqlalchemy.exc.DataError, grpc.StatusCode.INVALID_ARGUMENT, "value the database refuses"),
     (sqlalchemy.exc.OperationalError, grpc.StatusCode.UNAVAILABLE, "database unavailable"),
 )
+# Status details travel in a trailer (gRPC clients refuse large ones by default):
+# an error's text is cut to this many characters.
+MAX_DETAILS = 500
 # The errors a request may end with that are answers, not faults of the proxy.
 ANSWERED_ERRORS = tuple(kind for kind, _, _ in _CODE_OF_ERROR)
 
@@ -45,7 +53,13 @@ def status_error(exc: Exception) -> StatusError:
         if isinstance(exc, kind):
             if kind is sqlalchemy.exc.OperationalError:
                 return StatusError(code, summary)  # the driver's text is for the log
-            # str(KeyError("x")) is "'x'": take the message itself.
-            text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            return StatusError(code, f"{summary}: {text}" if text else summary)
+            if isinstance(exc, sqlalchemy.exc.DBAPIError):
+                # The driver's first line, without the statement and its parameters.
+                text = str(exc.orig).strip().split("\n", 1)[0]
+            elif isinstance(exc, KeyError) and exc.args:
+                text = str(exc.args[0])  # str(KeyError("x")) is "'x'"
+            else:
+                text = str(exc)
+            details = f"{summary}: {text}" if text else summary
+            return StatusError(code, details[:MAX_DETAILS])
     raise AssertionError(f"no status for {exc!r}")

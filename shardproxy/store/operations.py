@@ -45,6 +45,23 @@ def check_state(state: int) -> None:
         raise ValueError(f"unknown trial state {state}")
 
 
+def check_param_value(value: float) -> None:
+    # A param's internal value is stored as a plain float, with no marker for the
+    # values some backends cannot hold (unlike objective values): MySQL refuses NaN
+    # and infinities, SQLite stores NaN as NULL, which no reader takes back. So none
+    # is taken on any backend; Optuna's samplers never suggest one.
+    if not math.isfinite(value):
+        raise ValueError(f"a parameter's internal value must be finite, not {value}")
+
+
+def check_datetime(wire: str) -> None:
+    """Raises ValueError unless `wire` is a wire datetime that exists in UTC too."""
+    try:
+        stored_datetime(wire)
+    except OverflowError as exc:  # year 9999 in local time may be year 10000 in UTC
+        raise ValueError(f"datetime {wire[:40]!r} is out of range: {exc}") from exc
+
+
 def check_values(values: Sequence[float]) -> None:
     # Optuna's schema stores a NaN objective value as FINITE, which no backend can
     # read back as NaN (MySQL refuses it, SQLite turns it into NULL); the client
@@ -63,9 +80,10 @@ class CreateTrial:
             return
         check_state(self.template.state)
         check_values(self.template.values)
-        stored_datetime(self.template.datetime_start)  # raises ValueError on bad text
-        stored_datetime(self.template.datetime_complete)
-        for _, _, distribution in self.template.params:
+        check_datetime(self.template.datetime_start)
+        check_datetime(self.template.datetime_complete)
+        for _, value, distribution in self.template.params:
+            check_param_value(value)
             parse_distribution(distribution)
         for _, value in (*self.template.user_attrs, *self.template.system_attrs):
             check_json(value)
@@ -82,6 +100,7 @@ class SetParam:
     study_id: int | None = None
 
     def __post_init__(self) -> None:
+        check_param_value(self.value)
         parse_distribution(self.distribution_json)
 
 

@@ -122,6 +122,12 @@ def _on_cursor(conn: Connection, sql: str, arguments: Any) -> Rows:
         rows = cursor.fetchall() if cursor.description is not None else ()
         rowcount = cursor.rowcount
     except Exception as exc:
+        if not isinstance(exc, conn.dialect.loaded_dbapi.Error):
+            # A value the driver refuses before sending (psycopg2: a NUL character in
+            # a string) is raised as it is, as Core raises it; the handler below would
+            # wrap it in a StatementError, for want of Core's execution context.
+            cursor.close()
+            raise
         _raise_as_core_would(conn, exc, sql, arguments, cursor)
     cursor.close()
     return Rows(rows, rowcount)

@@ -1,0 +1,1 @@
+"""End-to-end fault tests: `shardproxy serve` in subprocesses, real databases, real clients."""
