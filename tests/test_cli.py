@@ -24,6 +24,13 @@ from shardproxy.cli import main
         (["--sync-window", "-0.5"], "sync-window must be at least 0.0, got -0.5"),
         (["--drain-timeout", "-1"], "drain-timeout must be at least 0.0, got -1.0"),
         (["--log-level", "loud"], "log-level must be one of DEBUG, INFO, WARNING, ERROR"),
+        (["--log-format", "xml"], "log-format must be one of text, json, got 'xml'"),
+        (["--max-request-bytes", "100"], "max-request-bytes must be at least 1024, got 100"),
+        (["--max-request-bytes", "3G"], "max-request-bytes must be at most 2147483647"),
+        (["--max-request-bytes", "lots"], "not a size in bytes: 'lots'"),
+        (["--db-check-interval", "0"], "db-check-interval must be at least 0.01, got 0.0"),
+        (["--keepalive-timeout", "0"], "keepalive-timeout must be at least 0.001, got 0.0"),
+        (["--drain-delay", "-1"], "drain-delay must be at least 0.0, got -1.0"),
     ],
 )
 def test_serve_refuses_a_bad_setting_by_name_and_starts_nothing(
