@@ -132,9 +132,10 @@ class ClientProcesses:
     def __init__(self, specs: list[ClientSpec]) -> None:
         context = multiprocessing.get_context("spawn")
         self._reports: multiprocessing.Queue = context.Queue()
-        barrier = context.Barrier(len(specs))
+        # Kept while the clients run: a spawned child opens it after this returns.
+        self._barrier = context.Barrier(len(specs))
         self._processes = [
-            context.Process(target=run_client, args=(spec, barrier, self._reports),
+            context.Process(target=run_client, args=(spec, self._barrier, self._reports),
                             name=spec.name)
             for spec in specs
         ]

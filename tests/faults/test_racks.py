@@ -94,7 +94,7 @@ def run_racks(url: str, trials_per_study: int, rounds: int) -> None:
     finally:
         direct.engine.dispose()
     assert [r.errors for r in reports] == [[] for _ in reports], reports
-    total = len(specs) * trials_per_study + rounds
+    total = len(specs) * trials_per_study * len(STUDIES) + rounds
     assert sum(len(trials) for trials in database.values()) == total
     for name, trials in database.items():
         assert [number for number, *_ in trials] == list(range(len(trials))), name
