@@ -12,7 +12,10 @@ The supervisor spawns each worker with `child_main(target, prepare, spec)`:
    a stuck handler pool stops the beat), reports whether it serves and whether its
    database answers (`report_serving`, `report_database`, read by readiness checks),
    and returns once it has drained after `spec.wait_for_stop()` returned True
-   (SIGTERM, or the supervisor is gone).
+   (SIGTERM, or the supervisor is gone). SIGHUP stops it too, with
+   `spec.handing_over` set: a replacement took its shard, and it may first let its
+   clients leave at their own pace (see `handover`); a SIGTERM after it clears
+   the flag again (no more waiting).
 4. The process exits: 0 after a drain, 1 when the target failed after it was
    ready, `EXIT_BOOT_FAILURE` when it failed before (the supervisor then stops
    instead of restarting it forever).
@@ -39,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext
+from types import FrameType
 from typing import Any
 
 _logger = logging.getLogger(__name__)
@@ -164,6 +168,8 @@ class WorkerSpec:
     )
     # What `prepare()` returned in this process.
     prepared: Any = field(default=None, init=False, repr=False, compare=False)
+    # Set by SIGHUP: stopping because a replacement took the shard (see above).
+    handing_over: bool = field(default=False, init=False, repr=False, compare=False)
     _stop: StopFlag | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -225,7 +231,17 @@ def child_main(
 ) -> None:
     """The child's entry point: wires stopping and parent death, runs the target, exits."""
     stop = spec._stop_flag()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def stop_now(signum: int, frame: FrameType | None) -> None:
+        spec.handing_over = False
+        stop.set()
+
+    def hand_over(signum: int, frame: FrameType | None) -> None:
+        spec.handing_over = True
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stop_now)
+    signal.signal(signal.SIGHUP, hand_over)
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_supervisor(spec)

@@ -69,6 +69,11 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
      "take to finish"),
     ("max-request-bytes", byte_size, "largest request accepted, in bytes (64MiB, 1G, ...); a "
      "larger one gets RESOURCE_EXHAUSTED; replies are not limited"),
+    ("admin-port", int, "port of the supervisor's HTTP admin endpoint: /healthz, /readyz, "
+     "/metrics (Prometheus) (0: none, and no metrics are collected)"),
+    ("admin-host", str, "address the admin endpoint binds"),
+    ("watchdog-timeout", float, "seconds a worker's request handlers may answer no watchdog "
+     "beat before the worker is killed and replaced (0: no watchdog)"),
     ("standbys", int, "idle processes kept booted to replace a crashed worker at once "
      "(0: none; each costs the memory of an idle worker)"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR (DEBUG: an access line per RPC, and "
@@ -179,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         workers=args.workers)
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "version")}
+    # Not a flag: a fault for tests to inject (see Config.fault_hooks).
+    options["fault_hooks"] = os.environ.get("SHARDPROXY_TEST_FAULT_HOOKS", "") == "1"
     try:
         config = Config(**options)
     except ValueError as exc:

@@ -75,6 +75,16 @@ class Config:
     # Booted, idle worker processes that replace a crashed worker at once; without
     # one a replacement first spends most of a second importing.
     standbys: int = 1
+    # The supervisor's admin endpoint (/healthz, /readyz, /metrics): its port, 0 for
+    # none (and then no metrics are collected), and the address it binds.
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    # A worker whose request handlers answered no watchdog beat for this many
+    # seconds is killed and replaced (0: no watchdog).
+    watchdog_timeout: float = 30.0
+    # Tests only, from SHARDPROXY_TEST_FAULT_HOOKS=1 (never a flag): SIGUSR2 blocks
+    # every request handler thread of a worker, a stuck pool for the watchdog.
+    fault_hooks: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -84,6 +94,7 @@ class Config:
             "workers": 1, "threads": 1, "db_pool_size": 1, "max_batch": 1,
             "port": 0, "standbys": 0, "cache_max_trials": 0, "commit_window": 0.0,
             "sync_window": 0.0, "retry_deadline": 0.0, "drain_timeout": 0.0,
+            "admin_port": 0, "watchdog_timeout": 0.0,
             "drain_delay": 0.0, "db_check_interval": 0.01, "db_down_after": 0.0,
             "keepalive_time": 0.0, "keepalive_timeout": 0.001, "min_ping_interval": 0.0,
             "max_connection_age": 0.0, "max_connection_age_grace": 0.0,
@@ -95,6 +106,8 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be at least {least}, got {value}")
         if self.port > 65535:
             raise ValueError(f"port must be at most 65535, got {self.port}")
+        if self.admin_port > 65535:
+            raise ValueError(f"admin-port must be at most 65535, got {self.admin_port}")
         if self.max_request_bytes > MAX_REQUEST_BYTES:
             raise ValueError(
                 f"max-request-bytes must be at most {MAX_REQUEST_BYTES}, "

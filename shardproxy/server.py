@@ -7,6 +7,7 @@ import resource
 
 from shardproxy.child import Entry
 from shardproxy.config import Config
+from shardproxy.handover import handover_timeout
 from shardproxy.startup import StartupError, check_address, check_database
 from shardproxy.supervisor import Supervisor
 
@@ -40,6 +41,10 @@ def run(config: Config) -> int:
         drain_timeout=config.drain_timeout,
         prepare=Entry("shardproxy.worker", "prepare", (config,)),
         standbys=config.standbys,
+        heartbeat_timeout=config.watchdog_timeout or None,
+        admin_host=config.admin_host,
+        admin_port=config.admin_port,
+        handover_timeout=handover_timeout(config),
     )
     return supervisor.run()
 

@@ -26,9 +26,11 @@ Rolling restart (SIGHUP, as gunicorn's HUP): the standbys, which imported the ol
 code, are told to stop; then one shard at a time, a new process is spawned (it
 imports the package afresh from disk), binds the shared port and takes over the
 shard's forwarding socket, and only once it reported ready is the old process told
-to drain. The old one keeps serving its connections and the forwarded requests
-already on its socket meanwhile. A replacement that fails to start ends the reload
-and the old worker keeps its shard.
+to go (SIGHUP: it lets its clients leave before it drains, see `handover`); the
+next shard's replacement starts meanwhile. The old one keeps serving its
+connections and the forwarded requests already on its socket until then. A
+replacement that fails to start ends the reload and the old worker keeps its
+shard.
 
 Each process has a slot of its own in the shared `WorkerStatus`, so an old worker
 draining beside its replacement never writes the replacement's status.
@@ -111,9 +113,12 @@ class Supervisor:
         standbys: int = 1,
         admin_host: str = "127.0.0.1",
         admin_port: int = 0,
+        handover_timeout: float | None = None,
     ) -> None:
         """`heartbeat_timeout`: seconds without a beat before a worker is killed (None:
-        never). `admin_port`: the admin endpoint's port on `admin_host` (0: none)."""
+        never). `admin_port`: the admin endpoint's port on `admin_host` (0: none).
+        `handover_timeout`: seconds a worker replaced by a reload may take to let its
+        clients go and drain (default: `drain_timeout`)."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if standbys < 0:
@@ -129,6 +134,7 @@ class Supervisor:
         self.standbys = standbys
         self.admin_host = admin_host
         self.admin_port = admin_port
+        self.handover_timeout = drain_timeout if handover_timeout is None else handover_timeout
         self.ready = threading.Event()  # set once all workers first reported ready
         # Worker processes replaced, by cause: "crash", "watchdog" or "reload".
         self.restarts: collections.Counter[str] = collections.Counter()
@@ -293,7 +299,7 @@ class Supervisor:
         with self._lock:
             standbys, self._standbys = self._standbys, []
         for child in standbys:
-            self._retire(child)
+            self._retire(child, signal.SIGTERM, self.drain_timeout)
         self._standby_due = None
         with self._lock:
             self._reload_queue = list(range(self.workers))
@@ -543,7 +549,8 @@ class Supervisor:
             if old is not None:
                 with self._lock:
                     del self._handover[shard]
-                self._retire(old)
+                # SIGHUP: it lets its clients leave at their own pace before it drains.
+                self._retire(old, signal.SIGHUP, self.handover_timeout)
                 self.restarts["reload"] += 1
                 _logger.info(
                     "worker %d replaced (pid %d serves, pid %d drains)", shard, child.pid, old.pid
@@ -603,12 +610,12 @@ class Supervisor:
             self._handover[shard] = self._workers[shard]
         self._start(shard)
 
-    def _retire(self, child: _Child) -> None:
-        """Tells a process to drain; it is killed if it has not exited by the deadline."""
+    def _retire(self, child: _Child, signum: int, timeout: float) -> None:
+        """Tells a process to stop; it is killed if it has not exited within `timeout`."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGTERM)
+            os.kill(child.pid, signum)
         with self._lock:
-            self._retiring.append((child, time.monotonic() + self.drain_timeout))
+            self._retiring.append((child, time.monotonic() + timeout))
 
     def _reap_retiring(self) -> None:
         now = time.monotonic()
@@ -623,9 +630,7 @@ class Supervisor:
                     )
                 self._release(child)
             elif now >= deadline:
-                _logger.warning(
-                    "pid %d did not drain within %.1f s; killing it", child.pid, self.drain_timeout
-                )
+                _logger.warning("pid %d did not stop in time; killing it", child.pid)
                 child.process.kill()
                 with self._lock:  # killed once; reaped on a following pass
                     self._retiring[self._retiring.index(entry)] = (child, float("inf"))

@@ -9,34 +9,46 @@ Everything that opens a socket or a database connection is created here, after
 the process started, never before a fork.
 
 Besides Optuna's service the gRPC server serves the standard health service
-(`health`), and its options carry the connection policy of `Config`: keepalive,
-a maximum connection age, and the request size limit.
+(`health`) and the watchdog's beats (`watchdog`, also on a Unix socket of the
+process's own), and its options carry the connection policy of `Config`:
+keepalive, a maximum connection age, and the request size limit. In a worker
+process, `serve` also exports its metrics when the instance has an admin
+endpoint (`metrics`), publishes its database reachability to the supervisor, and,
+when a reload replaced it, lets its clients go before it drains (`handover`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
 
-from shardproxy import codec
+from shardproxy import __version__, codec
 from shardproxy.cache import StudyCaches
 from shardproxy.child import WorkerSpec, name_process
 from shardproxy.config import Config
 from shardproxy.forwarding import ForwardClient, ForwardServer
 from shardproxy.front import Front
+from shardproxy.handover import client_connections, close_listeners, connection_turnover
 from shardproxy.health import Health
 from shardproxy.logs import configure_logging, set_worker
-from shardproxy.metrics import Metrics
+from shardproxy.metrics import Metrics, count_statements, export_to
 from shardproxy.ports import grpc_address
 from shardproxy.routing import Router
 from shardproxy.rpc import method_handlers
 from shardproxy.service import Service
 from shardproxy.store import Store
+from shardproxy.store.database import driver_url
 from shardproxy.urls import masked_url
+from shardproxy.watchdog import Pinger, beat_handler
 from shardproxy.wire import SERVICE
 
 _logger = logging.getLogger(__name__)
@@ -45,6 +57,10 @@ _logger = logging.getLogger(__name__)
 # supervisor restarts a worker within about a second.
 OWNER_RESTART_WAIT = 10.0
 _INT_MAX = (1 << 31) - 1  # gRPC's integer options are C ints
+# How often a serving worker publishes its state: database reachability for the
+# supervisor's readiness, and the cache gauges.
+_STATUS_INTERVAL = 1.0
+_HANDOVER_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,22 +86,27 @@ def open_store(config: Config) -> Store:
 
 class Worker:
     def __init__(
-        self, config: Config, shard: Shard | None = None, store: Store | None = None
+        self,
+        config: Config,
+        shard: Shard | None = None,
+        store: Store | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`store`: one `open_store(config)` made ahead (a standby's); else opened here."""
         self.config = config
         self.shard = shard = shard or Shard()
         self.store = store = store or open_store(config)
+        self.metrics = metrics = metrics or Metrics()
         self.caches = StudyCaches(
             lambda study_id, id_greater_than, ids: store.load_trials(
                 study_id, id_greater_than=id_greater_than, ids=ids
             ),
             config.cache_max_trials,
             sync_window=config.sync_window,
+            on_sync=metrics.cache_synced if metrics.exported else None,
         )
         self.service = Service(store, self.caches)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
-        self.metrics = Metrics()
         self._forwarders = [
             None
             if index == shard.index
@@ -163,10 +184,48 @@ class Worker:
                 forwarder.close()
         self.store.close()
 
+    def add_watchdog(self, path: str, beat: Callable[[], None]) -> None:
+        """Before `start`: answers watchdog beats, also on the Unix socket `path`."""
+        self._server.add_generic_rpc_handlers((beat_handler(beat),))
+        if not self._server.add_insecure_port("unix:" + path):
+            raise OSError(f"cannot listen on unix:{path}")
+
+    def hand_over(self, patient: Callable[[], bool]) -> None:
+        """Before `stop`, once another process serves the shard: lets the clients go.
+
+        No new connections; the ones open are served until they leave at their
+        maximum age, while `patient()` holds, up to `connection_turnover` (see
+        `handover`: a server stopping under load fails the calls it has not begun).
+        """
+        self.health.drain()
+        if self.metrics.exported:
+            self.metrics.set_cached(0, 0, 0)  # the replacement holds the shard now
+        closed = close_listeners(self.port)
+        deadline = time.monotonic() + connection_turnover(self.config)
+        left = client_connections(self.port)
+        _logger.info("worker %d hands its shard over: %d listener(s) closed, %d client "
+                     "connection(s) to go", self.shard.index, closed, left)
+        while left and patient() and time.monotonic() < deadline:
+            time.sleep(_HANDOVER_POLL)
+            left = client_connections(self.port)
+        if left:
+            _logger.info("worker %d: %d client connection(s) still open at the deadline",
+                         self.shard.index, left)
+
+    def block_handlers(self) -> None:
+        """A fault for tests: every request handler thread blocks for good."""
+        _logger.warning("worker %d: blocking every request handler thread", self.shard.index)
+        forever = threading.Event()
+        for _ in range(self.config.threads):
+            self._executor.submit(forever.wait)
+
     def _make_grpc_server(self) -> grpc.Server:
         handlers = method_handlers(self.front, self.metrics)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.threads, thread_name_prefix="rpc"
+        )
         return grpc.server(
-            ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="rpc"),
+            self._executor,
             handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
             options=server_options(self.config),
         )
@@ -211,6 +270,8 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 def prepare(config: Config) -> Store:
     """Runs first in every worker process, before it knows its shard."""
     configure_logging(config.log_level, config.log_format)
+    if config.admin_port:  # metrics are exported: count the store's statements
+        count_statements()
     return open_store(config)
 
 
@@ -220,11 +281,42 @@ def serve(config: Config, spec: WorkerSpec) -> None:
     set_worker(spec.shard_index)
     shard = Shard(spec.shard_index, spec.shard_count, list(spec.peer_socket_paths))
     store = spec.prepared if isinstance(spec.prepared, Store) else None
-    worker = Worker(config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard, store)
+    metrics = _process_metrics(config, spec)
+    worker = Worker(
+        config.replace(port=spec.port, drain_timeout=spec.drain_timeout), shard, store, metrics
+    )
+    pinger = None
+    if spec.heartbeat_interval is not None:  # the watchdog: beats through the handlers
+        worker.add_watchdog(spec.process_socket_path, spec.heartbeat)
+        pinger = Pinger("unix:" + spec.process_socket_path, spec.heartbeat_interval)
+    if config.fault_hooks:
+        signal.signal(signal.SIGUSR2, lambda signum, frame: worker.block_handlers())
     worker.start()
     spec.notify_ready()
-    interval = spec.heartbeat_interval
-    while not spec.wait_for_stop(interval):
-        spec.heartbeat()
+    if pinger is not None:
+        pinger.start()
+    while not spec.wait_for_stop(_STATUS_INTERVAL):
+        spec.report_database(worker.health.database_up)
+        if metrics.exported:
+            metrics.set_cached(*worker.caches.totals())
+    spec.report_serving(False)
+    if pinger is not None:
+        pinger.close()
+    if spec.handing_over:  # a replacement took the shard (a reload)
+        worker.hand_over(lambda: spec.handing_over)
     _logger.info("worker %d draining", shard.index)
     worker.stop()
+    if pinger is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(spec.process_socket_path)
+
+
+def _process_metrics(config: Config, spec: WorkerSpec) -> Metrics:
+    """This process's metrics: exported to the supervisor's directory, if it has one."""
+    if spec.metrics_dir is None:
+        return Metrics()
+    export_to(spec.metrics_dir)
+    metrics = Metrics(exported=True)
+    metrics.install()
+    metrics.set_build(__version__, codec.NAME, driver_url(config.storage_url).drivername)
+    return metrics
