@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -160,6 +162,32 @@ def test_workers_serve_on_every_address_of_a_wildcard(sqlite_url: str, host: str
             assert check_health("::1", port, timeout=10)[0]
         with proxy_client(port) as client:
             assert client.get_all_studies() == []
+
+
+@needs_ipv6
+def test_shardproxy_serve_on_the_ipv6_wildcard(sqlite_url: str) -> None:
+    """`serve --host ::` once failed in every worker ("address lookup failed for :::P")."""
+    port = str(free_port())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardproxy", "serve", "--storage", sqlite_url, "--host", "::",
+         "--port", port, "--workers", "2", "--standbys", "0", "--drain-delay", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        with proxy_client(int(port)) as client:  # 127.0.0.1, through the dual stack
+            assert client.get_all_studies() == []
+        for host in ("::1", "::", "127.0.0.1"):
+            result = subprocess.run(
+                [sys.executable, "-m", "shardproxy", "check", "--host", host, "--port", port],
+                capture_output=True, text=True, timeout=BOUND,
+            )
+            assert result.returncode == 0, result.stdout
+            assert result.stdout.strip().endswith("(overall): SERVING")
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=BOUND)
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors and "address lookup failed" not in errors
 
 
 # -- keepalive and connection age ---------------------------------------------------------
