@@ -1,10 +1,12 @@
 """A delta GetTrials at the server, against study size: shardproxy's owner and Optuna's servicer.
 
-Run (needs MariaDB at 127.0.0.1:3306, user root without a password; skips otherwise):
+Run (needs MariaDB at 127.0.0.1:3306, user root without a password, and PostgreSQL at
+127.0.0.1:5432, user postgres; a database that does not answer is skipped):
     pytest bench/test_bench_delta.py --benchmark-only \
         --benchmark-json bench/results/delta.json -p no:cacheprovider
+(`-k mariadb` or `-k postgres` runs one database.)
 
-For each study size (1 000, 10 000 and 100 000 finished trials of one float
+On each database, for each study size (1 000, 10 000 and 100 000 finished trials of one float
 parameter, bulk-inserted into a fresh database once per size, then 8 RUNNING trials
 as 8 live workers would hold) one request is timed: the delta GetTrials a synced
 `GrpcStorageProxy` sends every trial, `included_trial_ids` = the running trials it
@@ -15,7 +17,7 @@ in, reply bytes out.
 - shardproxy: a single-shard `shardproxy.worker.Worker` with `Config`'s defaults
   (never started: no gRPC server), warmed with one full GetTrials, then
   `Front.handle`, the path of a request from its bytes to the reply's. Every call
-  syncs the study (one delta query to MariaDB) and encodes the reply.
+  syncs the study (one delta query to the database) and encodes the reply.
 - stock: Optuna's `OptunaStorageProxyService.GetTrials`, with the request parsed and
   the reply serialized around it as gRPC's generated handler does. Over two
   storages: `get_storage(URL)` (RDBStorage in `_CachedStorage`, what
@@ -27,7 +29,7 @@ in, reply bytes out.
 Wall time per call comes from pytest-benchmark (one call per round; the number of
 rounds is fitted to a time budget from a probe, at least MIN_ROUNDS). CPU per
 call is this process's `time.process_time` over the rounds (the server side only,
-not MariaDB's). `extra_info` also holds the ratio to shardproxy at the same size,
+not the database's). `extra_info` also holds the ratio to shardproxy at the same size,
 the growth against the smallest size, and the prefill and first full read times.
 """
 
@@ -50,6 +52,7 @@ from shardproxy.worker import Worker
 
 pb: Any = api_pb2
 SIZES = (1_000, 10_000, 100_000)
+BACKENDS = ("mariadb", "postgres")
 RUNNING = 8  # live workers, each holding one unfinished trial
 PARAM_NAMES = ("x",)  # the seed scenario's one float parameter
 BUDGET_SECONDS = 3.0  # per case: the machine is shared, keep the runs short
@@ -57,8 +60,8 @@ MIN_ROUNDS, MAX_ROUNDS = 3, 300
 SLOW_CALL_SECONDS = 1.0
 PROBES = 3
 GET_TRIALS = METHOD_INDEX["GetTrials"]
-# (system, size) -> (mean wall ms, CPU ms) per call, for the ratios.
-MEASURED: dict[tuple[str, int], tuple[float, float]] = {}
+# (system, database, size) -> (mean wall ms, CPU ms) per call, for the ratios.
+MEASURED: dict[tuple[str, str, int], tuple[float, float]] = {}
 
 # A system under test: GetTrials request bytes in, reply bytes out.
 GetTrials = Callable[[bytes], bytes]
@@ -70,6 +73,7 @@ GetTrials = Callable[[bytes], bytes]
 @dataclass(frozen=True)
 class Study:
     url: str
+    backend: str
     study_id: int
     size: int
     last_finished_id: int
@@ -97,12 +101,12 @@ def _say(request: pytest.FixtureRequest, text: str) -> None:
         print(text, flush=True)
 
 
-@pytest.fixture(scope="module")
-def mariadb() -> str:
+def _server(backend: str) -> str:
     """The server URL, or a skip: this is a benchmark, and needs its database."""
-    server = SERVERS["mariadb"]
+    server = SERVERS[backend]
+    admin = {"mariadb": "test", "postgres": "postgres"}[backend]
     engine = sqlalchemy.create_engine(
-        f"{server}/test",
+        f"{server}/{admin}",
         poolclass=sqlalchemy.pool.NullPool,
         connect_args={"connect_timeout": 3},
     )
@@ -110,7 +114,7 @@ def mariadb() -> str:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-        pytest.skip(f"MariaDB is not reachable at {server}: {exc.__class__.__name__}")
+        pytest.skip(f"{backend} is not reachable at {server}: {exc.__class__.__name__}")
     finally:
         engine.dispose()
     return server
@@ -133,21 +137,27 @@ def _start_running_trials(url: str, study_id: int, count: int) -> tuple[int, ...
         storage.engine.dispose()
 
 
-@pytest.fixture(scope="module", params=SIZES, ids=lambda size: f"{size // 1000}k")
-def study(request: pytest.FixtureRequest, mariadb: str) -> Iterator[Study]:
+@pytest.fixture(
+    scope="module",
+    params=[(backend, size) for backend in BACKENDS for size in SIZES],
+    ids=lambda param: f"{param[0]}-{param[1] // 1000}k",
+)
+def study(request: pytest.FixtureRequest) -> Iterator[Study]:
     """One database per size, filled once; pytest runs every case of a size together."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    size: int = request.param
-    with fresh_database("mariadb", mariadb) as db:
+    backend: str
+    size: int
+    backend, size = request.param
+    with fresh_database(backend, _server(backend)) as db:
         study_id = create_studies(db.url, ["delta"])[0]
         started = time.perf_counter()
         last_finished = prefill(db.url, study_id, size, PARAM_NAMES)
         seconds = time.perf_counter() - started
-        _say(request, f"\nprefilled {size} finished trials in {seconds:.1f} s")
+        _say(request, f"\n{backend}: prefilled {size} finished trials in {seconds:.1f} s")
         running = _start_running_trials(db.url, study_id, RUNNING)
-        yield Study(db.url, study_id, size, last_finished, running, seconds)
+        yield Study(db.url, backend, study_id, size, last_finished, running, seconds)
 
 
 # -- the systems, each a bytes-to-bytes call ---------------------------------------------
@@ -247,15 +257,16 @@ def measure(benchmark: Any, system: str, study: Study, get_trials: GetTrials) ->
     rounds = _rounds_for(probe_seconds)
     # The full read and the probe already warmed the slow cases; a round there is seconds.
     warmup = 1 if probe_seconds < SLOW_CALL_SECONDS else 0
-    benchmark.group = f"delta GetTrials, {study.size} trials"
+    benchmark.group = f"delta GetTrials, {study.backend}, {study.size} trials"
     cpu = time.process_time()
     benchmark.pedantic(get_trials, args=(delta,), rounds=rounds, warmup_rounds=warmup)
     cpu_ms = (time.process_time() - cpu) / (rounds + warmup) * 1000
     mean_ms = benchmark.stats.stats.mean * 1000
-    MEASURED[(system, study.size)] = (mean_ms, cpu_ms)
+    MEASURED[(system, study.backend, study.size)] = (mean_ms, cpu_ms)
 
     benchmark.extra_info.update(
         system=system,
+        database=study.backend,
         trials=study.size,
         running_trials=RUNNING,
         rounds=rounds,
@@ -267,19 +278,20 @@ def measure(benchmark: Any, system: str, study: Study, get_trials: GetTrials) ->
         prefill_s=study.prefill_seconds,
         codec=codec.describe(),
     )
-    _compare(benchmark, system, study.size)
+    _compare(benchmark, system, study.backend, study.size)
 
 
-def _compare(benchmark: Any, system: str, size: int) -> None:
+def _compare(benchmark: Any, system: str, backend: str, size: int) -> None:
     """Ratio to shardproxy at this size, and growth against the smallest size."""
-    mean_ms, cpu_ms = MEASURED[(system, size)]
-    ours = MEASURED.get(("shardproxy", size))
-    line = f"\n{system} at {size} trials: {mean_ms:.3f} ms/call, CPU {cpu_ms:.3f} ms/call"
+    mean_ms, cpu_ms = MEASURED[(system, backend, size)]
+    ours = MEASURED.get(("shardproxy", backend, size))
+    line = (f"\n{system} on {backend} at {size} trials: {mean_ms:.3f} ms/call, "
+            f"CPU {cpu_ms:.3f} ms/call")
     if ours is not None and system != "shardproxy":
         benchmark.extra_info["wall_ratio_to_shardproxy"] = mean_ms / ours[0]
         benchmark.extra_info["cpu_ratio_to_shardproxy"] = cpu_ms / ours[1]
         line += f"; × shardproxy: wall {mean_ms / ours[0]:.1f}, CPU {cpu_ms / ours[1]:.1f}"
-    smallest = MEASURED.get((system, SIZES[0]))
+    smallest = MEASURED.get((system, backend, SIZES[0]))
     if smallest is not None and size != SIZES[0]:
         benchmark.extra_info[f"wall_growth_vs_{SIZES[0]}"] = mean_ms / smallest[0]
         line += f"; × its {SIZES[0]}-trial figure: {mean_ms / smallest[0]:.2f}"
