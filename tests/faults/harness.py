@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import NamedTuple
@@ -100,7 +101,7 @@ class TableChecksum:
     """
 
     def __init__(self, url: str) -> None:
-        self._engine: Engine = sqlalchemy.create_engine(url, pool_size=1)
+        self._engine: Engine = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
         metadata = sqlalchemy.MetaData()
         metadata.reflect(self._engine)
         assert "trials" in metadata.tables, "the server has not created Optuna's schema"
@@ -112,6 +113,17 @@ class TableChecksum:
 
     def __call__(self) -> dict[str, tuple[int, str]]:
         """Table name -> (row count, hash of its rows)."""
+        # A read, safe to repeat: a connection lost to a server restart is retried.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return self._sums()
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not exc.connection_invalidated or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _sums(self) -> dict[str, tuple[int, str]]:
         sums = {}
         with self._engine.connect() as conn:
             for name, query in self._queries.items():

@@ -115,5 +115,6 @@ def test_two_proxies_and_direct_workers_agree(database: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_two_proxies_and_direct_workers_agree_at_length(database: str) -> None:
     run_racks(database, trials_per_study=40, rounds=20)
