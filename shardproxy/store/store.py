@@ -20,7 +20,7 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
-from shardproxy.store import reads, sql
+from shardproxy.store import loads, reads, sql
 from shardproxy.store.batch import Batch, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
@@ -46,6 +46,7 @@ from shardproxy.store.schema import (
     study_user_attributes,
     trials,
 )
+from shardproxy.store.settled import SettledRanges
 from shardproxy.store.witness import Witness, witness_present
 from shardproxy.urls import masked_url as masked
 
@@ -87,6 +88,9 @@ class Store:
         # read of the newer trials picks the cheaper index by it (see `newer`). A hint
         # only, so written without a lock.
         self._study_sizes: dict[int, int] = {}
+        # PostgreSQL: id ranges where no trial of a study can appear any more, so that
+        # a sync of a study others do not write to skips their trials (`settled`).
+        self._settled = SettledRanges()
         self._committer = GroupCommitter(
             self._writer,
             self._apply_batch,
@@ -154,6 +158,7 @@ class Store:
         self._transaction(remove, "delete study")
         self._counts.forget(study_id)
         self._study_sizes.pop(study_id, None)
+        self._settled.forget(study_id)
         with self._distributions_lock:
             self._distributions = {
                 k: v for k, v in self._distributions.items() if k[0] != study_id
@@ -237,7 +242,7 @@ class Store:
         return self._read(lambda conn: reads.trial_id_from_number(conn, study_id, number))
 
     def get_trial(self, trial_id: int) -> TrialRow:
-        return self._read(lambda conn: reads.load_trial(conn, trial_id))
+        return self._read(lambda conn: loads.load_trial(conn, trial_id))
 
     def get_study_id_of_trial(self, trial_id: int) -> int:
         return self._read(lambda conn: reads.study_id_of_trial(conn, trial_id))
@@ -247,9 +252,17 @@ class Store:
     ) -> list[TrialRow]:
         """Trials with id > `id_greater_than` or in `ids`, child rows included, by id."""
         size = self._study_sizes.get(study_id, 0)
-        rows = self._read(
-            lambda conn: reads.load_trials(conn, study_id, id_greater_than, ids, size)
-        )
+        # None of the study's trials has an id in (id_greater_than, search_from].
+        search_from = self._settled.search_from(study_id, id_greater_than)
+        try:
+            rows, mark = self._read(
+                lambda conn: loads.load_trials(conn, study_id, search_from, ids, size)
+            )
+        except KeyError:
+            self._settled.forget(study_id)
+            raise
+        if mark is not None:
+            self._settled.learn(study_id, search_from, rows, mark)
         if rows:  # numbers count the trials before: the last is about the study's size
             self._study_sizes[study_id] = max(size, rows[-1].number + 1)
         return rows

@@ -1,0 +1,122 @@
+"""A study's sync beside other writers: its newer trials are found however their ids
+interleave with other studies' and whenever their transactions commit.
+
+The store reads "the study's trials with id > X" without reading the study (and
+on PostgreSQL skips id ranges it learned hold none of the study's trials); these
+tests sync a study as the cache does (X = the newest id it has) while Optuna's
+RDBStorage writes to it and to other studies, and while a writer holds a new trial
+of the study uncommitted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+
+from shardproxy.rows import TrialRow
+from shardproxy.store import Store
+from shardproxy.store.schema import studies, trials
+
+
+@pytest.fixture
+def rdb(db_url: str) -> Iterator[RDBStorage]:
+    storage = RDBStorage(db_url)
+    yield storage
+    storage.engine.dispose()
+
+
+class _Synced:
+    """A study as the cache follows it: every trial seen, synced from the newest."""
+
+    def __init__(self, store: Store, study_id: int) -> None:
+        self.store = store
+        self.study_id = study_id
+        self.seen: dict[int, TrialRow] = {}
+
+    def sync(self) -> list[int]:
+        newest = max(self.seen, default=-1)
+        rows = self.store.load_trials(self.study_id, id_greater_than=newest)
+        for row in rows:
+            self.seen[row.trial_id] = row
+        return [row.trial_id for row in rows]
+
+
+def _trial_ids(rdb: RDBStorage, study_id: int) -> list[int]:
+    return sorted(t._trial_id for t in rdb.get_all_trials(study_id, deepcopy=False))
+
+
+def test_syncs_find_every_trial_among_other_studies_writes(
+    db_url: str, rdb: RDBStorage
+) -> None:
+    quiet, busy = (rdb.create_new_study([StudyDirection.MINIMIZE], name)
+                   for name in ("quiet", "busy"))
+    rng = random.Random(7)
+    store = Store(db_url)
+    try:
+        synced = _Synced(store, quiet)
+        for _ in range(60):
+            action = rng.choices(["busy", "quiet", "ours", "sync"], [5, 1, 1, 3])[0]
+            if action == "busy":
+                for _ in range(rng.randrange(1, 20)):
+                    rdb.create_new_trial(busy)
+            elif action == "quiet":
+                rdb.create_new_trial(quiet)
+            elif action == "ours":
+                store.create_new_trial(quiet, None)
+            else:
+                synced.sync()
+                # Another caller, from an older trial: all the newer ones, whatever the
+                # store learned from the syncs.
+                older = rng.choice([-1, *synced.seen])
+                rows = store.load_trials(quiet, id_greater_than=older)
+                assert [r.trial_id for r in rows] == [
+                    t for t in _trial_ids(rdb, quiet) if t > older]
+        synced.sync()
+        assert sorted(synced.seen) == _trial_ids(rdb, quiet)
+        assert all(row.number == i for i, row in enumerate(
+            synced.seen[t] for t in sorted(synced.seen)))
+    finally:
+        store.close()
+
+
+def test_a_trial_committed_after_newer_ids_were_seen_is_found(
+    db_url: str, rdb: RDBStorage
+) -> None:
+    """A writer locks the study and takes a trial id, other studies' trials take
+    newer ids and commit, syncs see those, and only then the writer commits."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite lets one writer at a time: no trial is uncommitted meanwhile")
+    quiet, busy = (rdb.create_new_study([StudyDirection.MINIMIZE], name)
+                   for name in ("quiet", "busy"))
+    store = Store(db_url)
+    writer = sqlalchemy.create_engine(db_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        synced = _Synced(store, quiet)
+        store.create_new_trial(quiet, None)
+        assert len(synced.sync()) == 1
+        with writer.connect() as conn:
+            transaction = conn.begin()
+            # As RDBStorage creates a trial: the study's row locked, then the INSERT.
+            conn.execute(sqlalchemy.select(studies.c.study_id)
+                         .where(studies.c.study_id == quiet).with_for_update())
+            late = conn.execute(sqlalchemy.insert(trials).values(
+                study_id=quiet, number=1, state="RUNNING")).inserted_primary_key[0]
+            for _ in range(4):
+                assert max(rdb.create_new_trial(busy) for _ in range(5)) > late
+                assert synced.sync() == []
+            transaction.commit()
+        for _ in range(3):
+            rdb.create_new_trial(busy)
+            synced.sync()
+        assert late in synced.seen
+        assert sorted(synced.seen) == _trial_ids(rdb, quiet)
+        newest = rdb.create_new_trial(quiet)
+        assert synced.sync() == [newest]
+    finally:
+        writer.dispose()
+        store.close()
