@@ -12,23 +12,22 @@ told otherwise.
 - `/metrics`: the Prometheus text format, aggregated over all worker processes.
 
 Metrics aggregation: prometheus_client's multiprocess mode, as gunicorn deployments
-run it. Each worker writes its counters and histograms into memory-mapped files of
-its own in a directory the supervisor prepares empty before any worker starts (no
-value of a previous run survives); a scrape builds a fresh registry whose
-`MultiProcessCollector` sums the files. Chosen over an aggregation of our own in the
-supervisor's shared memory because it gives labelled histograms and counters that
-stay monotonic across worker restarts with no registry of names to keep in two
-places, and a worker's cost per update is a lock and a write into its own page.
-When a worker exits it is marked dead (its live gauges disappear), and its counter
-and histogram files are folded into one archive per kind, so that the directory
-and the scrape stay small however many times workers are restarted or reloaded.
-The supervisor's own figures (restarts by cause, readiness per shard) come from a
+run it. Each worker writes its counters and histograms into files of its own in a
+directory the supervisor prepares empty before any worker starts (no value of a
+previous run survives), in that mode's format (see `metrics` for how a worker
+tallies and writes them); a scrape builds a fresh registry whose
+`MultiProcessCollector` sums the files. Chosen over an aggregation of our own in
+the supervisor's shared memory because it gives labelled histograms and counters
+that stay monotonic across worker restarts with no registry of names to keep in
+two places. When a worker exits it is marked dead (its live gauges disappear), and
+its counter and histogram files are folded into one archive per kind, so that the
+directory and the scrape stay small however many times workers are restarted or
+reloaded. The supervisor's own figures (restarts by cause, readiness per shard) come from a
 collector over its state.
 """
 
 from __future__ import annotations
 
-import glob
 import http.server
 import logging
 import os
@@ -108,9 +107,6 @@ class MetricsDirectory:
             folded.close()
         os.replace(staging, archive)
         os.unlink(dead)
-
-    def files(self) -> list[str]:
-        return sorted(glob.glob(os.path.join(self.path, "*.db")))
 
     def render(self, supervisor: SupervisorView) -> bytes:
         """The Prometheus text of every worker's metrics and the supervisor's."""

@@ -40,7 +40,7 @@ from shardproxy.front import Front
 from shardproxy.handover import client_connections, close_listeners, connection_turnover
 from shardproxy.health import Health
 from shardproxy.logs import configure_logging, set_worker
-from shardproxy.metrics import Metrics, count_statements, export_to
+from shardproxy.metrics import Metrics, count_statements
 from shardproxy.ports import grpc_address
 from shardproxy.routing import Router
 from shardproxy.rpc import method_handlers
@@ -306,6 +306,7 @@ def serve(config: Config, spec: WorkerSpec) -> None:
         worker.hand_over(lambda: spec.handing_over)
     _logger.info("worker %d draining", shard.index)
     worker.stop()
+    metrics.close()  # the last totals written
     if pinger is not None:
         with contextlib.suppress(OSError):
             os.unlink(spec.process_socket_path)
@@ -315,8 +316,8 @@ def _process_metrics(config: Config, spec: WorkerSpec) -> Metrics:
     """This process's metrics: exported to the supervisor's directory, if it has one."""
     if spec.metrics_dir is None:
         return Metrics()
-    export_to(spec.metrics_dir)
-    metrics = Metrics(exported=True)
+    metrics = Metrics(exported=True, directory=spec.metrics_dir)
     metrics.install()
     metrics.set_build(__version__, codec.NAME, driver_url(config.storage_url).drivername)
+    metrics.start_flushing()
     return metrics

@@ -85,25 +85,31 @@ def _answer_lines(spec: WorkerSpec, conn: socket.socket) -> None:
                 spec.report_database(args[0] == "up")
                 stream.write(f"{spec.shard_index}\n")
             elif command == "count":
-                _counter(spec).inc(float(args[0]))
+                counter, histogram = _instruments(spec)
+                counter.inc(float(args[0]))
+                histogram.observe(float(args[0]))
                 stream.write(f"{os.getpid()}\n")
             stream.flush()
 
 
-_counters: list[Any] = []
+_instruments_made: list[Any] = []
 
 
-def _counter(spec: WorkerSpec) -> Any:
-    """A counter of this worker process, in the supervisor's metrics directory."""
-    if not _counters:
-        from prometheus_client import Counter
+def _instruments(spec: WorkerSpec) -> Any:
+    """A counter and a histogram of this worker process, in the supervisor's metrics."""
+    if not _instruments_made:
+        from prometheus_client import Counter, Histogram, values
 
-        from shardproxy.metrics import export_to
-
+        # prometheus_client's own instruments, in its multiprocess mode: the directory
+        # is the supervisor's.
         assert spec.metrics_dir is not None
-        export_to(spec.metrics_dir)
-        _counters.append(Counter("test_counted", "what the test counted", registry=None))
-    return _counters[0]
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = spec.metrics_dir
+        values.ValueClass = values.MultiProcessValue()
+        _instruments_made.append(Counter("test_counted", "what was counted", registry=None))
+        _instruments_made.append(
+            Histogram("test_seen", "what was seen", buckets=(4, 16), registry=None)
+        )
+    return _instruments_made
 
 
 def note_pid_and_time(directory: Path) -> str:
@@ -609,7 +615,13 @@ def test_metrics_add_up_over_workers_and_outlive_a_dead_one(
         pid = int(ask(port, f"count {amount}"))
         counted[pid] = counted.get(pid, 0) + amount
     total = ("test_counted_total", ())
-    assert scraped(admin)[total] == 63
+    seen = {
+        "count": ("test_seen_count", ()), "sum": ("test_seen_sum", ()),
+        "4": ("test_seen_bucket", (("le", "4.0"),)), "16": ("test_seen_bucket", (("le", "16.0"),)),
+    }  # fmt: skip
+    before = scraped(admin)
+    assert before[total] == 63
+    assert [before[seen[k]] for k in ("count", "sum", "4", "16")] == [6, 63, 3, 5]
     victim = next(iter(counted))
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: victim not in running.supervisor.worker_pids().values(), "a restart")
@@ -617,6 +629,9 @@ def test_metrics_add_up_over_workers_and_outlive_a_dead_one(
                             f"counter_{victim}.db").exists(), "the dead worker's file folded")
     metrics = scraped(admin)
     assert metrics[total] == 63  # a counter never goes back
+    assert {name: metrics[key] for name, key in seen.items()} == {
+        name: before[key] for name, key in seen.items()
+    }
     assert metrics[("shardproxy_worker_restarts_total", (("cause", "crash"),))] == 1
     assert metrics[("shardproxy_worker_restarts_total", (("cause", "watchdog"),))] == 0
     assert {pid for pid in counted} <= {victim, *pids.values()}
@@ -708,7 +723,7 @@ def test_the_supervisor_side_imports_neither_grpc_nor_a_database_library() -> No
     # gRPC must not be initialised in a process before it forks; the supervisor side
     # reaches the workers' code only through `Entry`s the workers import.
     code = (
-        "import sys, shardproxy.server, shardproxy.supervisor; "
+        "import sys, shardproxy.server, shardproxy.supervisor, shardproxy.admin; "
         "print(sorted(m for m in ('grpc', 'sqlalchemy') if m in sys.modules))"
     )
     result = subprocess.run(
