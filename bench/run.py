@@ -22,6 +22,7 @@ examples:
   python -m bench.run --quick                       # 1-2 minute smoke run
   python -m bench.run                               # every scenario, ~15 minutes
   python -m bench.run --scenario seed --systems stock,echo --loads gen --taskset
+  python -m bench.run --scenario seed --serve-flags="" --serve-flags="--admin-port 9108"
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", default=[2], type=_counts,
                         help="shardproxy worker processes; a list such as 1,2 runs shardproxy "
                         "once per count (scaling); the echo floor uses the largest [2]")
+    parser.add_argument("--serve-flags", action="append", default=None, metavar="FLAGS",
+                        help="more `shardproxy serve` flags, in one string; repeated, shardproxy "
+                        "runs once per string, each load right after the other")
     parser.add_argument("--threads", type=int, default=None,
                         help="gRPC handler threads per shardproxy/echo process [their default]")
     parser.add_argument("--duration", type=float, default=None,
@@ -130,25 +135,27 @@ def select_scenarios(args: argparse.Namespace) -> list[Scenario]:
     return chosen
 
 
-Cell = tuple[Scenario, str, str | None, int]
+Cell = tuple[Scenario, str, str | None, int, str]
 
 
 def plan(scenarios: list[Scenario], systems: list[str], loads: list[str],
-         worker_counts: list[int]) -> list[Cell]:
-    """(scenario, system, load, workers) cells; load None: GetTrials latencies only."""
+         worker_counts: list[int], serve_flags: list[str] | None = None) -> list[Cell]:
+    """(scenario, system, load, workers, serve flags) cells; load None: latencies only."""
     cells: list[Cell] = []
+    variants = serve_flags or [""]
     for scenario in scenarios:
         for system in (s for s in ORDER if s in systems and s in scenario.systems):
             kinds = [k for k in loads if k in scenario.loads and not (system == "direct"
                                                                       and k == "gen")]
             counts = worker_counts if system == "shardproxy" else [max(worker_counts)]
             for workers in counts:
+                flag_sets = variants if system == "shardproxy" else [""]
                 if not kinds and scenario.latency_sizes and system != "echo":
-                    cells.append((scenario, system, None, workers))
+                    cells += [(scenario, system, None, workers, flags) for flags in flag_sets]
                 for index, kind in enumerate(kinds):
                     # GetTrials latencies are measured once per system, with its first load.
                     cell = scenario if index == 0 else scenario.with_options(latency_sizes=())
-                    cells.append((cell, system, kind, workers))
+                    cells += [(cell, system, kind, workers, flags) for flags in flag_sets]
     return cells
 
 
@@ -162,14 +169,17 @@ def _git_commit() -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scenarios = select_scenarios(args)
-    cells = plan(scenarios, args.systems, args.loads, args.workers)
+    cells = plan(scenarios, args.systems, args.loads, args.workers, args.serve_flags)
     scaling = len(args.workers) > 1
+    variants = len(args.serve_flags or []) > 1
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     # A system that could not start is not tried again within the scenario.
     unavailable: dict[tuple[str, str], str] = {}
-    for number, (scenario, system, kind, workers) in enumerate(cells, 1):
+    for number, (scenario, system, kind, workers, flags) in enumerate(cells, 1):
         name = f"{system}/{workers}w" if scaling and system == "shardproxy" else system
+        if variants and system == "shardproxy":
+            name += f" [{flags or 'no flags'}]"
         label = f"[{number}/{len(cells)}] {scenario.name} · {name} · {kind or 'latency'}"
         if (scenario.name, system) in unavailable:
             results.append({"scenario": scenario.name, "system": system, "label": name,
@@ -181,7 +191,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               flush=True)
         setup = Setup(
             backend=args.db, server_url=args.db_url,
-            proxy=ProxyOptions(workers, args.threads, (0,) if args.taskset else None),
+            proxy=ProxyOptions(workers, args.threads, (0,) if args.taskset else None,
+                               tuple(shlex.split(flags))),
             load_cpus=(1,) if args.taskset else None,
         )
         cell = measure_cell(scenario, system, kind, setup,
@@ -197,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "db": args.db, "git": _git_commit(), "cpus": os.cpu_count(),
             "workers": args.workers, "taskset": args.taskset, "quick": args.quick,
+            "serve_flags": args.serve_flags,
             "elapsed_s": round(time.monotonic() - started, 1),
             "scenarios": {s.name: report.describe_scenario(s) for s in scenarios},
         },

@@ -40,6 +40,7 @@ class ProxyOptions:
     workers: int = 2  # shardproxy and echo processes
     threads: int | None = None  # gRPC handler threads per process (None: the default)
     cpus: tuple[int, ...] | None = None  # taskset pinning
+    serve_flags: tuple[str, ...] = ()  # more `shardproxy serve` flags
 
 
 @dataclass
@@ -67,7 +68,8 @@ def command(name: str, storage_url: str, port: int, options: ProxyOptions) -> li
     common = ["--host", HOST, "--port", str(port)]
     if name == "shardproxy":
         argv = [sys.executable, "-m", "shardproxy", "serve", "--storage", storage_url, *common,
-                "--workers", str(options.workers), "--log-level", "WARNING"]
+                "--workers", str(options.workers), "--log-level", "WARNING",
+                *options.serve_flags]
     elif name == "stock":
         argv = [sys.executable, "-m", "bench.references", "stock", "--storage", storage_url,
                 *common]
