@@ -147,6 +147,10 @@ class Store:
                     return
                 raise KeyError(NOT_FOUND)
             of_study = select(trials.c.trial_id).where(trials.c.study_id == study_id)
+            # A trial write locks its trial's row, not the study's: locking the
+            # trials keeps one from adding a child row between the deletes below
+            # (which the DELETE of the trials would then fail on).
+            conn.execute(of_study.with_for_update())
             for table in TRIAL_CHILD_TABLES:
                 conn.execute(delete(table).where(table.c.trial_id.in_(of_study)))
             conn.execute(delete(trials).where(trials.c.study_id == study_id))
