@@ -17,7 +17,11 @@ NULL, and the batch raises `StaleCount` and is run again with full counts.
 
 The remembered values are taken out of `TrialCounts` for the length of a batch
 and given back only once it committed, so a batch that rolls back leaves its
-studies to be counted in full next time.
+studies to be counted in full next time. A study read whole (the cache's first
+load) gives its count too, so that even its first batch reads only the delta: a
+trial of the study committed with a smaller id than the last one read would have
+held the study's lock before that one was written, and so was committed (and
+read) before it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
-from shardproxy.rows import RUNNING, STATE_NAMES
+from shardproxy.rows import RUNNING, STATE_NAMES, TrialRow
 from shardproxy.store.newer import trial_ids_of_study
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trials
@@ -85,6 +89,15 @@ class TrialCounts:
     def remember(self, counted: Mapping[int, Counted]) -> None:
         with self._lock:
             self._counted.update(counted)
+
+    def learn(self, study_id: int, trials: Sequence[TrialRow]) -> None:
+        """From every trial of the study as one snapshot saw them, by id: their count,
+        if nothing is known of the study yet and their numbers are 0, 1, 2, ... (so
+        the count is exactly what COUNT(*) would have said then)."""
+        if not trials or any(row.number != i for i, row in enumerate(trials)):
+            return
+        with self._lock:
+            self._counted.setdefault(study_id, Counted(len(trials), trials[-1].trial_id))
 
     def forget(self, study_id: int) -> None:
         with self._lock:

@@ -267,6 +267,8 @@ class Store:
             raise
         if mark is not None:
             self._settled.learn(study_id, search_from, rows, mark)
+        if id_greater_than < 0 and self._remember_counts:  # the whole study
+            self._counts.learn(study_id, rows)
         if rows:  # numbers count the trials before: the last is about the study's size
             self._study_sizes[study_id] = max(size, rows[-1].number + 1)
         return rows

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import sqlalchemy
 from optuna.distributions import FloatDistribution
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
@@ -24,6 +25,7 @@ from shardproxy.store.batch import Batch, GuardMissed, first_distribution
 from shardproxy.store.database import make_write_engine
 from shardproxy.store.numbering import Counted
 from shardproxy.store.operations import CreateTrial
+from shardproxy.store.schema import trials
 
 _FINISHED = TrialRow(0, 0, COMPLETE, [1.0], "2024-05-06 07:08:09.123456",
                      "2024-05-06 07:09:10.654321", [], [], [], [])
@@ -152,3 +154,32 @@ def test_a_remembered_count_is_used_only_while_it_holds(
     assert _batch_numbers(db_url, study_id, {}, template) == [6, 7]
     numbers = _numbers_by_id(rdb, study_id)
     assert [numbers[t] for t in sorted(numbers)] == list(range(8))
+
+
+def test_a_study_read_whole_gives_its_count_only_when_numbers_are_dense(
+    db_url: str, rdb: RDBStorage
+) -> None:
+    dense = rdb.create_new_study([StudyDirection.MINIMIZE], "dense")
+    gapped = rdb.create_new_study([StudyDirection.MINIMIZE], "gapped")
+    for study_id in (dense, gapped):
+        for _ in range(3):
+            rdb.create_new_trial(study_id)
+    # A trial numbered out of line, as no writer of Optuna's would: the count, not
+    # the last number, is what numbers the next trial.
+    engine = sqlalchemy.create_engine(db_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.insert(trials).values(
+                study_id=gapped, number=7, state="RUNNING"))
+    finally:
+        engine.dispose()
+    store = Store(db_url)
+    try:
+        for study_id in (dense, gapped):
+            store.load_trials(study_id, id_greater_than=-1)
+            rdb.create_new_trial(study_id)  # after the read: in the delta
+        numbers = [store.get_trial(store.create_new_trial(s, None)).number
+                   for s in (dense, gapped)]
+    finally:
+        store.close()
+    assert numbers == [4, 5]
