@@ -86,37 +86,28 @@ _HELP = {
 }
 
 
-class _Tally:
-    """What one thread saw; only that thread writes it, the flusher reads it."""
+# A thread's tally is a dict from slot to value, so that a flush adds up only what
+# each thread saw; the slots:
+_M, _C, _S = len(METHODS), len(_CODES), len(_SECONDS)
+_RPCS = 0  # + method * _C + code
+_LATENCY = _RPCS + _M * _C  # + method * _S + bucket
+_LATENCY_SUM = _LATENCY + _M * _S  # + method
+_FORWARDED = _LATENCY_SUM + _M  # + method
+_COMMIT_SIZE = _FORWARDED + _M  # + bucket, then the sum
+_COMMIT_SECONDS = _COMMIT_SIZE + len(_BATCH) + 1  # + bucket, then the sum
+_READS_PER_SYNC = _COMMIT_SECONDS + _S + 1  # + bucket, then the sum
+_STATEMENTS = _READS_PER_SYNC + len(_READS) + 1
+_TRANSIENT = _STATEMENTS + 1
+_RETRIES = _TRANSIENT + 1
+_SLOTS = _RETRIES + 1
 
-    __slots__ = ("rpcs", "latency", "latency_sum", "forwarded", "commit_size",
-                 "commit_size_sum", "commit_seconds", "commit_seconds_sum", "reads",
-                 "reads_sum", "counts")  # fmt: skip
-
-    def __init__(self) -> None:
-        methods = len(METHODS)
-        self.rpcs = [0] * (methods * len(_CODES))
-        self.latency = [0] * (methods * len(_SECONDS))
-        self.latency_sum = [0.0] * methods
-        self.forwarded = [0] * methods
-        self.commit_size = [0] * len(_BATCH)
-        self.commit_size_sum = [0.0]
-        self.commit_seconds = [0] * len(_SECONDS)
-        self.commit_seconds_sum = [0.0]
-        self.reads = [0] * len(_READS)
-        self.reads_sum = [0.0]
-        self.counts = [0, 0, 0]  # statements, transient errors, retries
+Tally = collections.defaultdict  # slot -> count or sum; only its thread writes it
 
 
-def _add_into(total: _Tally, tally: _Tally) -> None:
-    for slot in _Tally.__slots__:
-        into, values = getattr(total, slot), getattr(tally, slot)
-        for i, value in enumerate(values):
-            into[i] += value
-
-
-def _sum_lists(lists: list[list[Any]]) -> list[Any]:
-    return list(map(sum, zip(*lists, strict=True)))
+def _add_into(total: Any, tally: Any) -> None:
+    # list() copies the items at once (under the GIL) while the thread may add more.
+    for slot, value in list(tally.items()):
+        total[slot] += value
 
 
 class Metrics:
@@ -132,8 +123,8 @@ class Metrics:
         self._local = threading.local()
         # Each thread's tally; a thread's that ended is added into `_ended` (forwarding
         # connections come and go, each with its thread).
-        self._tallies: list[tuple[threading.Thread, _Tally]] = []
-        self._ended = _Tally()
+        self._tallies: list[tuple[threading.Thread, Tally[int, float]]] = []
+        self._ended: Tally[int, float] = Tally(int)
         self._cached = (0, 0, 0)
         self._build: tuple[str, str, str] | None = None
         self._directory = directory
@@ -141,7 +132,7 @@ class Metrics:
         # written): the keys are JSON, too dear to build for every series every flush.
         self._series: dict[tuple[str, ...], tuple[str, float]] = {}
         # A histogram's buckets and sum as last written: most do not change each time.
-        self._histograms: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        self._histograms: dict[tuple[str, ...], tuple[list[float], float]] = {}
         self._files: dict[str, MmapedDict] = {}
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -158,26 +149,26 @@ class Metrics:
     ) -> None:
         """An RPC observer (see `rpc`): counted by method and status, and timed."""
         tally = self._tally()
-        tally.rpcs[method_index * len(_CODES) + _CODE_INDEX[id(code)]] += 1
-        tally.latency[method_index * len(_SECONDS) + bisect_left(_SECONDS, seconds)] += 1
-        tally.latency_sum[method_index] += seconds
+        tally[method_index * _C + _CODE_INDEX[id(code)]] += 1
+        tally[_LATENCY + method_index * _S + bisect_left(_SECONDS, seconds)] += 1
+        tally[_LATENCY_SUM + method_index] += seconds
 
     def forwarded(self, method_index: int) -> None:
         if self.exported:
-            self._tally().forwarded[method_index] += 1
+            self._tally()[_FORWARDED + method_index] += 1
         else:
             self.add(self._forwarded_names[method_index])
 
-    def _tally(self) -> _Tally:
+    def _tally(self) -> Tally[int, float]:
         try:
             return self._local.tally  # type: ignore[no-any-return]
         except AttributeError:
-            tally = self._local.tally = _Tally()
+            tally = self._local.tally = Tally(int)
             with self._lock:
                 self._tallies.append((threading.current_thread(), tally))
             return tally
 
-    def _all_tallies(self) -> list[_Tally]:
+    def _all_tallies(self) -> list[Tally[int, float]]:
         """The live threads' tallies and the ended ones' total; call holding `_lock`."""
         live = []
         for thread, tally in self._tallies:
@@ -192,24 +183,24 @@ class Metrics:
 
     def commit_done(self, operations: int, seconds: float) -> None:
         tally = self._tally()
-        tally.commit_size[bisect_left(_BATCH, operations)] += 1
-        tally.commit_size_sum[0] += operations
-        tally.commit_seconds[bisect_left(_SECONDS, seconds)] += 1
-        tally.commit_seconds_sum[0] += seconds
+        tally[_COMMIT_SIZE + bisect_left(_BATCH, operations)] += 1
+        tally[_COMMIT_SIZE + len(_BATCH)] += operations
+        tally[_COMMIT_SECONDS + bisect_left(_SECONDS, seconds)] += 1
+        tally[_COMMIT_SECONDS + _S] += seconds
 
     def cache_synced(self, reads: int) -> None:
         tally = self._tally()
-        tally.reads[bisect_left(_READS, reads)] += 1
-        tally.reads_sum[0] += reads
+        tally[_READS_PER_SYNC + bisect_left(_READS, reads)] += 1
+        tally[_READS_PER_SYNC + len(_READS)] += reads
 
     def transient_error(self, retrying: bool) -> None:
-        counts = self._tally().counts
-        counts[1] += 1
+        tally = self._tally()
+        tally[_TRANSIENT] += 1
         if retrying:
-            counts[2] += 1
+            tally[_RETRIES] += 1
 
     def statement(self) -> None:
-        self._tally().counts[0] += 1
+        self._tally()[_STATEMENTS] += 1
 
     def install(self) -> None:
         """Makes the store of this process report here (its hooks are process-wide)."""
@@ -254,38 +245,30 @@ class Metrics:
 
     def flush(self) -> None:
         """Writes every total that changed into this process's files."""
+        total: list[float] = [0] * _SLOTS
         with self._lock:
-            tallies = self._all_tallies()
-        names = METHODS
-        rpcs = _sum_lists([t.rpcs for t in tallies])
-        for m, method in enumerate(names):
+            for tally in self._all_tallies():
+                for slot, value in list(tally.items()):
+                    total[slot] += value
+        for m, method in enumerate(METHODS):
             for c, code in enumerate(_CODES):
-                if rpcs[m * len(_CODES) + c]:
+                if total[_RPCS + m * _C + c]:
                     self._counter("rpcs", {"method": method, "code": code.name},
-                                  rpcs[m * len(_CODES) + c])
-        latency = _sum_lists([t.latency for t in tallies])
-        latency_sum = _sum_lists([t.latency_sum for t in tallies])
-        for m, method in enumerate(names):
-            buckets = latency[m * len(_SECONDS) : (m + 1) * len(_SECONDS)]
+                                  total[_RPCS + m * _C + c])
+            buckets = total[_LATENCY + m * _S : _LATENCY + (m + 1) * _S]
             if any(buckets):
                 self._histogram("rpc_duration_seconds", {"method": method}, _SECONDS, buckets,
-                                latency_sum[m])
-        for m, count in enumerate(_sum_lists([t.forwarded for t in tallies])):
-            if count:
-                self._counter("forwarded", {"method": names[m]}, count)
-        self._histogram("commit_batch_size", {}, _BATCH,
-                        _sum_lists([t.commit_size for t in tallies]),
-                        sum(t.commit_size_sum[0] for t in tallies))
-        self._histogram("commit_duration_seconds", {}, _SECONDS,
-                        _sum_lists([t.commit_seconds for t in tallies]),
-                        sum(t.commit_seconds_sum[0] for t in tallies))
-        self._histogram("cache_reads_per_sync", {}, _READS,
-                        _sum_lists([t.reads for t in tallies]),
-                        sum(t.reads_sum[0] for t in tallies))
-        statements, transient, retries = _sum_lists([t.counts for t in tallies])
-        self._counter("db_statements", {}, statements)
-        self._counter("db_transient_errors", {}, transient)
-        self._counter("db_retries", {}, retries)
+                                total[_LATENCY_SUM + m])
+            if total[_FORWARDED + m]:
+                self._counter("forwarded", {"method": method}, total[_FORWARDED + m])
+        for name, bounds, base in (("commit_batch_size", _BATCH, _COMMIT_SIZE),
+                                   ("commit_duration_seconds", _SECONDS, _COMMIT_SECONDS),
+                                   ("cache_reads_per_sync", _READS, _READS_PER_SYNC)):
+            self._histogram(name, {}, bounds, total[base : base + len(bounds)],
+                            total[base + len(bounds)])
+        self._counter("db_statements", {}, total[_STATEMENTS])
+        self._counter("db_transient_errors", {}, total[_TRANSIENT])
+        self._counter("db_retries", {}, total[_RETRIES])
         for name, value in zip(("cached_studies", "cached_trials", "cached_bytes"),
                                self._cached, strict=True):
             self._write("gauge_livesum", name, name, {}, value)
@@ -297,7 +280,7 @@ class Metrics:
         self._write("counter", name, name + "_total", labels, value)
 
     def _histogram(self, name: str, labels: dict[str, str], bounds: tuple[float, ...],
-                   buckets: list[int], total: float) -> None:
+                   buckets: list[float], total: float) -> None:
         series = (name, *labels.values())
         if self._histograms.get(series) == (buckets, total):
             return
@@ -336,10 +319,13 @@ class Metrics:
         with self._lock:
             counts = dict(self._counts)
             if self.exported:  # what was forwarded is in the tallies
-                forwarded = _sum_lists([t.forwarded for t in self._all_tallies()])
+                forwarded: list[float] = [0] * _M
+                for tally in self._all_tallies():
+                    for m in range(_M):
+                        forwarded[m] += tally.get(_FORWARDED + m, 0)
                 for name, count in zip(self._forwarded_names, forwarded, strict=True):
                     if count:
-                        counts[name] = count
+                        counts[name] = int(count)
         return counts
 
     def summary(self) -> str:
