@@ -140,7 +140,13 @@ class Metrics:
     # -- the request path ------------------------------------------------------------
 
     def add(self, name: str, amount: int = 1) -> None:
-        """A plain count (not exported), e.g. `received.<method>`."""
+        """A plain count: `received.<method>`, once per RPC.
+
+        Exported metrics count every RPC in the tallies already (`observe`), and
+        `snapshot` reads them there: no lock taken twice per RPC for the same count.
+        """
+        if self.exported:
+            return
         with self._lock:
             self._counts[name] += amount
 
@@ -248,8 +254,7 @@ class Metrics:
         total: list[float] = [0] * _SLOTS
         with self._lock:
             for tally in self._all_tallies():
-                for slot, value in list(tally.items()):
-                    total[slot] += value
+                _add_into(total, tally)
         for m, method in enumerate(METHODS):
             for c, code in enumerate(_CODES):
                 if total[_RPCS + m * _C + c]:
@@ -318,14 +323,16 @@ class Metrics:
         """The `received.<method>` and `forwarded.<method>` counts of this process."""
         with self._lock:
             counts = dict(self._counts)
-            if self.exported:  # what was forwarded is in the tallies
-                forwarded: list[float] = [0] * _M
+            if self.exported:  # what arrived and what was forwarded is in the tallies
+                total: list[float] = [0] * _SLOTS
                 for tally in self._all_tallies():
-                    for m in range(_M):
-                        forwarded[m] += tally.get(_FORWARDED + m, 0)
-                for name, count in zip(self._forwarded_names, forwarded, strict=True):
-                    if count:
-                        counts[name] = int(count)
+                    _add_into(total, tally)
+                for m, method in enumerate(METHODS):
+                    received = sum(total[_RPCS + m * _C : _RPCS + (m + 1) * _C])
+                    for name, count in ((f"received.{method}", received),
+                                        (f"forwarded.{method}", total[_FORWARDED + m])):
+                        if count:
+                            counts[name] = int(count)
         return counts
 
     def summary(self) -> str:
