@@ -28,6 +28,7 @@ __all__ = [
     "Outcome",
     "TableChecksum",
     "call_all",
+    "changed_tables",
     "raw_channels",
     "serve",
     "wait_until",
