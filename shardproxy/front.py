@@ -29,6 +29,9 @@ import sqlalchemy.exc
 
 from shardproxy import codec
 from shardproxy.errors import ANSWERED_ERRORS, StatusError, status_error
+from shardproxy.extension import DECODERS as EXTENSION_DECODERS
+from shardproxy.extension import ClientExtension
+from shardproxy.extension_wire import EXTENSION_INDEX
 from shardproxy.metrics import Metrics
 from shardproxy.routing import Router
 from shardproxy.service import Service
@@ -72,10 +75,19 @@ _REQUESTS: dict[str, tuple[Callable[[bytes], tuple[Any, ...]], Scope]] = {
     "GetTrial": (_fields(codec.decode_id_request), Scope.TRIAL),
     "GetTrials": (codec.decode_get_trials_request, Scope.STUDY),
 }
+# shardproxy's own service (`extension`), numbered after Optuna's methods: what each
+# request names first.
+_EXTENSION_SCOPES = (Scope.TRIAL, Scope.STUDY, Scope.STUDY, Scope.TRIAL)
 _CREATE_NEW_TRIAL = METHOD_INDEX["CreateNewTrial"]
+_CREATE_NEW_TRIAL_ONCE = EXTENSION_INDEX["CreateNewTrialOnce"]
 _DELETE_STUDY = METHOD_INDEX["DeleteStudy"]
 _GET_TRIAL = METHOD_INDEX["GetTrial"]
-_READS = frozenset(index for index, name in enumerate(METHODS) if name.startswith("Get"))
+# Safe to forward again when the owner went away mid-call: reads, and heartbeats.
+_READS = frozenset(
+    [index for index, name in enumerate(METHODS) if name.startswith("Get")]
+    + [EXTENSION_INDEX["GetStaleTrialIds"], EXTENSION_INDEX["RecordHeartbeat"]]
+)
+_OPTUNA_METHODS = len(METHODS)
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -97,14 +109,19 @@ class Front:
         forwarders: Sequence[Forwarder | None],
         metrics: Metrics,
         forward_timeout: float,
+        extension: ClientExtension | None = None,
     ) -> None:
-        """`forwarders[shard]` reaches that shard's worker (None for this one)."""
+        """`forwarders[shard]` reaches that shard's worker (None for this one);
+        `extension` answers shardproxy's own service (method indices after Optuna's)."""
         self._service = service
         self._router = router
         self._forwarders = forwarders
         self._metrics = metrics
         self._forward_timeout = forward_timeout
-        self._requests = [_REQUESTS[name] for name in METHODS]
+        self._extension = extension
+        self._requests = [_REQUESTS[name] for name in METHODS] + list(
+            zip(EXTENSION_DECODERS, _EXTENSION_SCOPES, strict=True)
+        )
 
     def handle(self, method_index: int, request: bytes) -> bytes:
         """The reply to a client's request; raises StatusError with the status to send."""
@@ -167,6 +184,9 @@ class Front:
             return self._forward(owner, method_index, request)
         if self._requests[method_index][1] is Scope.TRIAL:
             fields = (study_id, *fields)
+        if method_index >= _OPTUNA_METHODS:
+            assert self._extension is not None
+            return self._extension.call(method_index - _OPTUNA_METHODS, fields)
         return self._service.call(method_index, fields)
 
     def _get_trial_again(
@@ -188,7 +208,7 @@ class Front:
 
     def _learn_from(self, method_index: int, reply: bytes, study_id: int | None) -> None:
         """What the router learns from a reply: new trials' studies, deleted studies."""
-        if method_index == _CREATE_NEW_TRIAL:
+        if method_index == _CREATE_NEW_TRIAL or method_index == _CREATE_NEW_TRIAL_ONCE:
             assert study_id is not None
             # CreateNewTrialReply has the shape of an id request: field 1, int64.
             self._router.learn(codec.decode_id_request(reply), study_id)
@@ -197,7 +217,8 @@ class Front:
             self._router.forget_study(study_id)
 
     def _forward(self, owner: int, method_index: int, request: bytes) -> bytes:
-        self._metrics.forwarded(method_index)
+        if method_index < _OPTUNA_METHODS:  # the metrics count Optuna's methods
+            self._metrics.forwarded(method_index)
         forwarder = self._forwarders[owner]
         assert forwarder is not None
         try:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from shardproxy.errors import StatusError
+from shardproxy.extension_wire import EXTENSION_INDEX
 from shardproxy.front import Front
 from shardproxy.metrics import Metrics
 from shardproxy.wire import METHODS
@@ -48,9 +49,24 @@ def method_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodH
     return handlers
 
 
-def _rpc(front: Front, method_index: int, metrics: Metrics) -> RawHandler:
+def extension_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of shardproxy's own service (`extension_wire`), by method name.
+
+    Counted as received (`metrics.add`), but not among the per-method metrics, which
+    are Optuna's service's.
+    """
+    return {
+        name: grpc.unary_unary_rpc_method_handler(_rpc(front, index, metrics, name))
+        for name, index in EXTENSION_INDEX.items()
+    }
+
+
+def _rpc(
+    front: Front, method_index: int, metrics: Metrics, name: str | None = None
+) -> RawHandler:
     handle = front.handle
-    counter = f"received.{METHODS[method_index]}"
+    name = name or METHODS[method_index]
+    counter = f"received.{name}"
 
     def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
         metrics.add(counter)
@@ -59,8 +75,8 @@ def _rpc(front: Front, method_index: int, metrics: Metrics) -> RawHandler:
         except StatusError as exc:
             context.abort(exc.code, exc.details)
         except Exception:
-            _logger.exception("%s failed", METHODS[method_index])
-            context.abort(grpc.StatusCode.INTERNAL, f"{METHODS[method_index]} failed")
+            _logger.exception("%s failed", name)
+            context.abort(grpc.StatusCode.INTERNAL, f"{name} failed")
         raise AssertionError("unreachable")  # context.abort always raises
 
     return rpc

@@ -35,6 +35,8 @@ from shardproxy import __version__, codec
 from shardproxy.cache import StudyCaches
 from shardproxy.child import WorkerSpec, name_process
 from shardproxy.config import Config
+from shardproxy.extension import ClientExtension
+from shardproxy.extension_wire import EXTENSION_SERVICE
 from shardproxy.forwarding import ForwardClient, ForwardServer
 from shardproxy.front import Front
 from shardproxy.handover import client_connections, close_listeners, connection_turnover
@@ -43,7 +45,7 @@ from shardproxy.logs import configure_logging, set_worker
 from shardproxy.metrics import Metrics, count_statements
 from shardproxy.ports import grpc_address
 from shardproxy.routing import Router
-from shardproxy.rpc import method_handlers
+from shardproxy.rpc import extension_handlers, method_handlers
 from shardproxy.service import Service
 from shardproxy.store import Store
 from shardproxy.store.database import driver_url
@@ -124,6 +126,7 @@ class Worker:
             self._forwarders,
             self.metrics,
             forward_timeout=config.retry_deadline + 30.0,
+            extension=ClientExtension(store, _die_after_commit if config.fault_hooks else None),
         )
         self._forward_server: ForwardServer | None = None
         self.health = Health(
@@ -224,11 +227,26 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.config.threads, thread_name_prefix="rpc"
         )
+        extension = extension_handlers(self.front, self.metrics)
         return grpc.server(
             self._executor,
-            handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
+            handlers=[
+                grpc.method_handlers_generic_handler(SERVICE, handlers),
+                grpc.method_handlers_generic_handler(EXTENSION_SERVICE, extension),
+            ],
             options=server_options(self.config),
         )
+
+
+# A fault for tests (Config.fault_hooks): a keyed write whose request key starts so
+# kills its owner's process after the write committed, before the reply leaves.
+DIE_AFTER_COMMIT = "die-after-commit-"
+
+
+def _die_after_commit(key: str, repeated: bool) -> None:
+    if key.startswith(DIE_AFTER_COMMIT) and not repeated:
+        _logger.warning("killing this worker after the commit of %s (a test's fault)", key)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:

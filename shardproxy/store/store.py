@@ -20,11 +20,12 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
-from shardproxy.store import loads, reads, sql
+from shardproxy.store import heartbeats, loads, reads, request_keys, sql
 from shardproxy.store.batch import Batch, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import make_read_engine, make_write_engine
+from shardproxy.store.extended import Keyed, apply_extended, is_extended
 from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.numbering import TrialCounts
 from shardproxy.store.operations import (
@@ -91,6 +92,7 @@ class Store:
         # PostgreSQL: id ranges where no trial of a study can appear any more, so that
         # a sync of a study others do not write to skips their trials (`settled`).
         self._settled = SettledRanges()
+        self._request_keys_ready = False
         self._committer = GroupCommitter(
             self._writer,
             self._apply_batch,
@@ -240,6 +242,33 @@ class Store:
     def set_trial_system_attr(self, trial_id: int, key: str, value_json: str) -> None:
         self._committer.submit(SetTrialAttr(trial_id, True, key, value_json))
 
+    # -- what shardproxy.client adds (see `extended`) ---------------------------------
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._committer.submit(heartbeats.RecordHeartbeat(trial_id))
+
+    def stale_trial_ids(self, study_id: int, grace_period: float) -> list[int]:
+        return self._read(lambda conn: heartbeats.stale_trial_ids(conn, study_id, grace_period))
+
+    def create_new_trial_once(
+        self, study_id: int, template: TrialRow | None, key: str, repeated: bool
+    ) -> int:
+        self._prepare_request_keys()
+        return int(self._committer.submit(Keyed(CreateTrial(study_id, template), key, repeated)))
+
+    def set_trial_state_values_once(
+        self, trial_id: int, state: int, values: Sequence[float] | None, key: str, repeated: bool
+    ) -> bool:
+        self._prepare_request_keys()
+        operation = SetStateValues(trial_id, state, None if values is None else list(values))
+        return bool(self._committer.submit(Keyed(operation, key, repeated)))
+
+    def _prepare_request_keys(self) -> None:
+        if not self._request_keys_ready:  # once per store; racing threads do it twice
+            with_retries(lambda: request_keys.prepare(self._writer), self._retry_deadline,
+                         "prepare request keys")
+            self._request_keys_ready = True
+
     # -- trial reads -----------------------------------------------------------------
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, number: int) -> int:
@@ -290,6 +319,15 @@ class Store:
         return with_retries(attempt, self._retry_deadline, what)
 
     def _apply_batch(
+        self, conn: Connection, operations: list[Operation], optimistic: bool
+    ) -> Applied:
+        if any(is_extended(op) for op in operations):
+            return apply_extended(
+                conn, operations, lambda c, plain: self._apply_plain(c, plain, optimistic)
+            )
+        return self._apply_plain(conn, operations, optimistic)
+
+    def _apply_plain(
         self, conn: Connection, operations: list[Operation], optimistic: bool
     ) -> Applied:
         # Taken out for the batch and given back only once it committed: a batch that

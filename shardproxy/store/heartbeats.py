@@ -1,0 +1,92 @@
+"""Trial heartbeats in Optuna's `trial_heartbeats` table, by the database's clock.
+
+What RDBStorage's `record_heartbeat` and `_get_stale_trial_ids` do, so that a
+heartbeat written through the proxy and one written by RDBStorage mean the same,
+and `fail_stale_trials` run from either agrees on which trials are stale. Both
+read the time from the database (`now()`), never from a machine's clock.
+
+A heartbeat is a write of the group commit: all the beats that arrive while a
+transaction runs are written by one statement, an upsert from a SELECT of the
+trials (so a trial that is gone gets no row and fails nothing else).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, literal_column, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from shardproxy.store import sql
+from shardproxy.store.schema import trial_heartbeats, trials
+
+
+@dataclass
+class RecordHeartbeat:
+    """A trial's worker is alive: its heartbeat becomes the database's now."""
+
+    trial_id: int
+
+
+def write_heartbeats(conn: Connection, trial_ids: list[int]) -> None:
+    """One statement (per CHUNK trials): each existing trial's heartbeat set to now."""
+    statement = _upsert(conn.dialect.name)
+    for part in sql.chunks(sorted(set(trial_ids))):
+        conn.execute(statement, {"ids": list(part)})
+
+
+def stale_trial_ids(conn: Connection, study_id: int, grace_period: float) -> list[int]:
+    """RUNNING trials of the study whose last heartbeat is older than `grace_period` s.
+
+    A trial without a heartbeat is never stale (its worker may not beat at all), as
+    in RDBStorage, which compares the same way: now - heartbeat > grace period.
+    """
+    grace = timedelta(seconds=grace_period)
+    stale = []
+    for trial_id, beat, now in conn.execute(_STALE, {"sid": study_id}):
+        if _naive(now) - _naive(beat) > grace:
+            stale.append(int(trial_id))
+    return stale
+
+
+def _naive(moment: Any) -> datetime:
+    # PostgreSQL's now() is aware; RDBStorage drops the zone the same way. SQLite
+    # answers CURRENT_TIMESTAMP as text.
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=None)
+
+
+_STALE = (
+    select(trials.c.trial_id, trial_heartbeats.c.heartbeat, func.now())
+    .join(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+    .where(trials.c.study_id == bindparam("sid"), trials.c.state == literal_column("'RUNNING'"))
+)
+
+
+def _upsert(dialect: str) -> Any:
+    statement = _UPSERTS.get(dialect)
+    if statement is None:
+        statement = _UPSERTS[dialect] = _build_upsert(dialect)
+    return statement
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _build_upsert(dialect: str) -> Any:
+    existing = select(trials.c.trial_id, func.now()).where(
+        trials.c.trial_id.in_(bindparam("ids", expanding=True))
+    )
+    columns = ["trial_id", "heartbeat"]
+    if dialect == "mysql":
+        stmt = mysql.insert(trial_heartbeats).from_select(columns, existing)
+        return stmt.on_duplicate_key_update(heartbeat=func.now())
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(trial_heartbeats).from_select(columns, existing)
+    return stmt.on_conflict_do_update(
+        index_elements=["trial_id"], set_={"heartbeat": stmt.excluded.heartbeat}
+    )
