@@ -393,7 +393,7 @@ def test_a_standby_that_dies_unused_is_replaced_after_a_pause(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("shardproxy.supervisor._STANDBY_RETRY_PAUSE", 0.5)
+    monkeypatch.setattr("shardproxy.standbys.RETRY_PAUSE", 0.5)
     running = supervise(line_server)
     workers = running.wait_ready()
     standby = wait_for_standby(running)
