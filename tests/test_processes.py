@@ -6,16 +6,13 @@ the supervisor's own death. Traffic goes to 127.0.0.1 only and every loop is bou
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,61 +22,12 @@ import sqlalchemy
 from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
-from shardproxy.child import STANDBY_PROCESS_NAME
-from tests.procfs import child_names
-from tests.proxies import free_port, proxy_client
+from tests.proxies import proxy_client
+
+# Other test modules import these from here too.
+from tests.servers import children_by_name, serve, standby_prepared, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def children_by_name(pid: int) -> dict[str, int]:
-    """The supervisor's worker processes, by their name (`shardproxy-wN`)."""
-    return {name: child for child, name in child_names(pid).items()
-            if name.startswith("shardproxy-w")}
-
-
-def standby_prepared(pid: int) -> bool:
-    """Whether the supervisor `pid` has a standby ready (it names itself then)."""
-    return STANDBY_PROCESS_NAME in child_names(pid).values()
-
-
-def wait_until(condition, timeout: float, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
-
-
-@contextlib.contextmanager
-def serve(
-    url: str, workers: int, port: int | None = None, options: tuple[str, ...] = ()
-) -> Iterator[tuple[subprocess.Popen, int]]:
-    """`shardproxy serve` in a subprocess, once every worker answers; `options` added."""
-    port = port or free_port()
-    command = [sys.executable, "-m", "shardproxy", "serve", "--storage", url, "--host",
-               "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--drain-timeout", "20", "--log-level", "WARNING", *options]
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(command, stderr=log, text=True)
-    try:
-        with proxy_client(port) as client:
-            client.get_all_studies()
-        if workers > 1:
-            names = wait_until(lambda: len(children_by_name(process.pid)) == workers, 30)
-            assert names, "not every worker came up"
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
 
 
 def test_occupied_port_is_refused_with_a_clear_message(sqlite_url: str) -> None:

@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 
 from shardproxy.routing import owner_of
 from tests.proxies import proxy_client
-from tests.test_processes import children_by_name, serve, standby_prepared, wait_until
+from tests.servers import children_by_name, serve, standby_prepared, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """What the fault tests share: running servers, raw calls, and a checksum of the tables.
 
-The server itself is tests/test_processes.py's `serve` (`python -m shardproxy serve`
+The server itself is tests/servers.py's `serve` (`python -m shardproxy serve`
 in a subprocess, returned once every worker answers); this module adds what a
 fault test asks of it from outside: which worker processes it has, calls with
 arbitrary request bytes over channels of their own, and a content hash of every
@@ -22,7 +22,7 @@ import sqlalchemy
 from sqlalchemy.engine import Engine
 
 from shardproxy.wire import method_path
-from tests.test_processes import children_by_name, serve, wait_until
+from tests.servers import children_by_name, serve, wait_until
 
 __all__ = [
     "Outcome",
