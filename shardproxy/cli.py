@@ -76,6 +76,13 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
      "beat before the worker is killed and replaced (0: no watchdog)"),
     ("standbys", int, "idle processes kept booted to replace a crashed worker at once "
      "(0: none; each costs the memory of an idle worker)"),
+    ("tls-cert", str, "PEM certificate chain: serve TLS on --port (with --tls-key; '' for "
+     "plaintext)"),
+    ("tls-key", str, "PEM private key of --tls-cert"),
+    ("tls-client-ca", str, "PEM CA certificates: mutual TLS, only clients with a certificate "
+     "they signed are served"),
+    ("insecure-port", int, "also serve plaintext on this port, beside TLS, for Optuna's "
+     "unmodified client (0: none)"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR (DEBUG: an access line per RPC, and "
      "the traceback behind a start-up error)"),
     ("log-format", str, f"{' or '.join(LOG_FORMATS)} (json: one object per line)"),

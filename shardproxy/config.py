@@ -82,6 +82,12 @@ class Config:
     # A worker whose request handlers answered no watchdog beat for this many
     # seconds is killed and replaced (0: no watchdog).
     watchdog_timeout: float = 30.0
+    # TLS on the proxy's port (both files, PEM), and mutual TLS when a client CA is
+    # given; insecure_port (0: none) serves plaintext too, beside TLS (see `tls`).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure_port: int = 0
     # Tests only, from SHARDPROXY_TEST_FAULT_HOOKS=1 (never a flag): SIGUSR2 blocks
     # every request handler thread of a worker, a stuck pool for the watchdog.
     fault_hooks: bool = False
@@ -98,7 +104,7 @@ class Config:
             "drain_delay": 0.0, "db_check_interval": 0.01, "db_down_after": 0.0,
             "keepalive_time": 0.0, "keepalive_timeout": 0.001, "min_ping_interval": 0.0,
             "max_connection_age": 0.0, "max_connection_age_grace": 0.0,
-            "max_request_bytes": 1024,
+            "max_request_bytes": 1024, "insecure_port": 0,
         }  # fmt: skip
         for name, least in at_least.items():
             value = getattr(self, name)
@@ -113,6 +119,7 @@ class Config:
                 f"max-request-bytes must be at most {MAX_REQUEST_BYTES}, "
                 f"got {self.max_request_bytes}"
             )
+        self._check_tls()
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(
                 f"log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
@@ -121,6 +128,27 @@ class Config:
             raise ValueError(
                 f"log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def _check_tls(self) -> None:
+        from shardproxy.tls import check_readable
+
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls-cert and tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls-client-ca needs tls-cert and tls-key")
+        if self.insecure_port and not self.tls_cert:
+            raise ValueError("insecure-port serves plaintext beside TLS: it needs tls-cert")
+        if self.insecure_port > 65535:
+            raise ValueError(f"insecure-port must be at most 65535, got {self.insecure_port}")
+        if self.insecure_port and self.insecure_port == self.port:
+            raise ValueError("insecure-port must differ from port")
+        for setting in ("tls_cert", "tls_key", "tls_client_ca"):
+            if getattr(self, setting):
+                check_readable(setting.replace("_", "-"), getattr(self, setting))
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ from shardproxy.rpc import extension_handlers, method_handlers
 from shardproxy.service import Service
 from shardproxy.store import Store
 from shardproxy.store.database import driver_url
+from shardproxy.tls import server_credentials
 from shardproxy.urls import masked_url
 from shardproxy.watchdog import Pinger, beat_handler
 from shardproxy.wire import SERVICE
@@ -139,9 +140,19 @@ class Worker:
     def start(self) -> int:
         """Binds the port (shared with the other workers) and starts serving."""
         address = grpc_address(self.config.host, self.config.port)
-        self.port = self._server.add_insecure_port(address)
+        if self.config.tls:
+            credentials = server_credentials(
+                self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca
+            )
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
+        if self.config.insecure_port:  # plaintext beside TLS, shared as the port is
+            plain = grpc_address(self.config.host, self.config.insecure_port)
+            if not self._server.add_insecure_port(plain):
+                raise OSError(f"cannot listen on {plain}")
         if self.shard.count > 1:
             path = self.shard.peer_socket_paths[self.shard.index]
             self._forward_server = ForwardServer(

@@ -27,7 +27,6 @@ heartbeats. Without heartbeat options no heartbeat is sent.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from typing import Any
