@@ -111,9 +111,12 @@ class Batch:
         *,
         optimistic: bool = False,
         counted: Mapping[int, Counted] | None = None,
+        certify_numbering: bool = False,
     ) -> None:
         """`counted`: what the store remembers of the studies it adds trials to
-        (see `numbering`); with none, their trials are counted in full."""
+        (see `numbering`); with none, their trials are counted in full.
+        `certify_numbering`: on Galera, numbering also makes the write that
+        certification orders across nodes (see `cluster`)."""
         self.conn = conn
         self.operations = operations
         self._optimistic = optimistic
@@ -123,9 +126,12 @@ class Batch:
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
         self.created_ids: list[int] = []
+        # trial id -> (study_id, number) of each created trial, for the witness.
+        self._created_as: dict[int, tuple[int, int]] = {}
         # What to remember of the studies the batch added trials to, once committed.
         self.counted: dict[int, Counted] = {}
         self._counted = dict(counted or {})
+        self._certify_numbering = certify_numbering
         self._distribution_of = distribution_of
         self._rows = PendingRows()
         self._trials: dict[int, _Trial] = {}
@@ -169,7 +175,8 @@ class Batch:
     def witness(self) -> Witness:
         """What shows, after a lost COMMIT reply, whether this batch committed."""
         changes = {i: t.state for i, t in self._trials.items() if t.state_changed}
-        return Witness(list(self.created_ids), changes)
+        first = self._created_as.get(self.created_ids[0]) if self.created_ids else None
+        return Witness(list(self.created_ids), changes, first)
 
     # -- new trials -------------------------------------------------------------------
 
@@ -177,7 +184,9 @@ class Batch:
         creates = [(i, op) for i, op in enumerate(self.operations) if isinstance(op, CreateTrial)]
         if not creates:
             return
-        existing = numbering.lock_studies(self.conn, sorted({op.study_id for _, op in creates}))
+        existing = numbering.lock_studies(
+            self.conn, sorted({op.study_id for _, op in creates}), self._certify_numbering
+        )
         counted = {s: c for s, c in self._counted.items() if s in existing}
         # Trials from a template carry their own state and dates, row by row; the
         # numbering INSERT writes plain RUNNING trials only.
@@ -222,9 +231,11 @@ class Batch:
         for study_id, number in new_ids:
             first_numbers[study_id] = min(number, first_numbers.get(study_id, number))
         for index, op, place in accepted:
-            trial_id = new_ids[(op.study_id, first_numbers[op.study_id] + place)]
+            number = first_numbers[op.study_id] + place
+            trial_id = new_ids[(op.study_id, number)]
             self.results[index] = trial_id
             self.created_ids.append(trial_id)
+            self._created_as.setdefault(trial_id, (op.study_id, number))
             if op.template is not None:
                 self._template_children(trial_id, op)
         self.counted.update(numbering.counted_after(new_ids))

@@ -15,6 +15,10 @@ number, which the same statement checks by its primary key: a study deleted (and
 its id handed out again) or rewritten by hand makes the check fail, the count is
 NULL, and the batch raises `StaleCount` and is run again with full counts.
 
+On a Galera cluster the study lock holds on one node only; the numbering
+transaction there also writes a row of each study that certification compares
+across nodes (`cluster`), so that the lock's guarantees hold cluster-wide.
+
 The remembered values are taken out of `TrialCounts` for the length of a batch
 and given back only once it committed, so a batch that rolls back leaves its
 studies to be counted in full next time. A study read whole (the cache's first
@@ -52,6 +56,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from shardproxy.rows import RUNNING, STATE_NAMES, TrialRow
+from shardproxy.store import cluster
 from shardproxy.store.newer import trial_ids_of_study
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trials
@@ -104,7 +109,7 @@ class TrialCounts:
             self._counted.pop(study_id, None)
 
 
-def lock_studies(conn: Connection, study_ids: list[int]) -> set[int]:
+def lock_studies(conn: Connection, study_ids: list[int], certify: bool = False) -> set[int]:
     """Locks the studies' rows, as RDBStorage does; the ids of those that exist.
 
     The lock makes "number = trials so far" safe: every trial of these studies
@@ -112,8 +117,15 @@ def lock_studies(conn: Connection, study_ids: list[int]) -> set[int]:
     Whatever counts the trials must therefore start after the lock is granted
     (a statement of its own: a subquery of the locking SELECT may read a
     snapshot taken before it waited).
+
+    `certify` (Galera, where the lock holds on one node only): also make the
+    write that certification orders across nodes (`cluster.certify_numbering`),
+    so that of two nodes numbering a study at once, one is aborted and retried.
     """
-    return set(_LOCK_STUDIES.execute(conn, {"ids": study_ids}).scalars())
+    existing = set(_LOCK_STUDIES.execute(conn, {"ids": study_ids}).scalars())
+    if certify:
+        cluster.certify_numbering(conn, sorted(existing))
+    return existing
 
 
 def trials_so_far(

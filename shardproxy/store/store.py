@@ -20,13 +20,13 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
-from shardproxy.store import heartbeats, loads, reads, request_keys, sql
+from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, sql
 from shardproxy.store.batch import Batch, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import make_read_engine, make_write_engine
-from shardproxy.store.extended import Keyed, apply_extended, is_extended
 from shardproxy.store.errors import NOT_FOUND
+from shardproxy.store.extended import Keyed, apply_extended, is_extended
 from shardproxy.store.numbering import TrialCounts
 from shardproxy.store.operations import (
     CreateTrial,
@@ -69,10 +69,19 @@ class Store:
         self._reader = make_read_engine(url, pool_size)
         try:
             prepare_schema(self._writer, masked(url))
+            # A multi-primary cluster needs a write that certification orders in every
+            # numbering transaction, and causal reads; a single server needs neither.
+            self.topology = with_retries(
+                lambda: cluster.detect_engine(self._writer), retry_deadline, "detect cluster"
+            )
         except BaseException:
             self._writer.dispose()
             self._reader.dispose()
             raise
+        cluster.log_topology(self.topology, masked(url))
+        if self.topology.galera:
+            cluster.wait_for_causality(self._reader)
+        self._certify_numbering = self.topology.certifies_numbering
         # (study_id, param name) -> the JSON of the study's first distribution of that
         # name. It never changes while the study exists, so it is read only once. Not
         # on SQLite, which hands out a deleted study's id again (and reads cost no
@@ -338,7 +347,8 @@ class Store:
             else {}
         )
         batch = Batch(
-            conn, operations, self._distribution_of, optimistic=optimistic, counted=counted
+            conn, operations, self._distribution_of, optimistic=optimistic, counted=counted,
+            certify_numbering=self._certify_numbering,
         )
         results = batch.run()
 

@@ -1,0 +1,128 @@
+"""shardproxy on a two-node Galera cluster: one proxy per node, one study, no duplicates.
+
+Optuna numbers a study's trials under a lock of the study's row, which a
+multi-primary cluster honours on one node only. The reference test shows what
+Optuna's own RDBStorage then does with one client per node; the proxies' test
+holds shardproxy to what a single server gives: every number once, none missing,
+every acknowledged trial stored as acknowledged, and every client's final view
+equal to the database's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
+
+from shardproxy.store import cluster
+from shardproxy.store.database import make_write_engine
+from tests.cluster.galera import GaleraCluster
+from tests.cluster.load import check, run_clients, shardproxy_serve, study_rows
+
+CLIENTS = 16
+TRIALS_PER_CLIENT = 30  # 480 trials a run
+
+
+@pytest.fixture
+def database(galera: GaleraCluster) -> Iterator[str]:
+    with galera.database(f"sp_{uuid.uuid4().hex[:12]}") as name:
+        yield name
+
+
+def _create_study(url: str) -> str:
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    storage = RDBStorage(url)
+    optuna.create_study(study_name=name, storage=storage)
+    storage.engine.dispose()
+    return name
+
+
+def _proxy(port: int) -> Callable[[], BaseStorage]:
+    def open_storage() -> BaseStorage:
+        storage = GrpcStorageProxy(host="127.0.0.1", port=port)
+        storage.wait_server_ready(timeout=60)
+        return storage
+
+    return open_storage
+
+
+def test_detects_galera_and_a_single_server(galera: GaleraCluster, database: str,
+                                           mariadb_url: str) -> None:
+    for url in galera.urls(database):
+        engine = make_write_engine(url, 1)
+        try:
+            found = cluster.detect_engine(engine)
+        finally:
+            engine.dispose()
+        assert (found.kind, found.members, found.multi_primary) == (cluster.GALERA, 2, True)
+        assert found.certifies_numbering
+    engine = make_write_engine(mariadb_url, 1)
+    try:
+        single = cluster.detect_engine(engine)
+    finally:
+        engine.dispose()
+    assert (single.kind, single.multi_primary, single.certifies_numbering) == (
+        cluster.SINGLE, False, False)
+
+
+def test_proxies_on_two_nodes_number_one_study_without_duplicates(
+    galera: GaleraCluster, database: str, tmp_path: Path
+) -> None:
+    urls = galera.urls(database)
+    study_name = _create_study(urls[0])
+    cert_failures = galera.status_sum("wsrep_local_cert_failures")
+    bf_aborts = galera.status_sum("wsrep_local_bf_aborts")
+    with shardproxy_serve(urls[0], tmp_path / "proxy0.log") as port0, \
+            shardproxy_serve(urls[1], tmp_path / "proxy1.log") as port1:
+        reports = run_clients([_proxy(port0), _proxy(port1)] * (CLIENTS // 2), study_name,
+                              TRIALS_PER_CLIENT)
+    conflicts = (galera.status_sum("wsrep_local_cert_failures") - cert_failures,
+                 galera.status_sum("wsrep_local_bf_aborts") - bf_aborts)
+    rows = study_rows(urls[1], study_name)
+    findings = check(rows, reports)
+    print(f"conflicts (certification failures, brute-force aborts): {conflicts}")
+    assert findings.errors == []
+    assert findings.trials == CLIENTS * TRIALS_PER_CLIENT
+    assert findings.duplicate_numbers == []
+    assert findings.missing_numbers == []
+    assert findings.lost == []
+    assert findings.ids_out_of_number_order == 0
+    assert findings.views_differing == []
+    assert study_rows(urls[0], study_name) == rows
+    # The flips that certify numbering were undone in every committed transaction.
+    assert _objectives(urls[0], study_name) == [0]
+
+
+@pytest.mark.xfail(reason="Optuna's RDBStorage numbers under a lock that one Galera node "
+                   "honours: clients on two nodes store duplicate numbers (and get deadlocks)",
+                   strict=False)
+def test_reference_rdbstorage_clients_on_two_nodes(galera: GaleraCluster, database: str) -> None:
+    urls = galera.urls(database)
+    study_name = _create_study(urls[0])
+    storages: list[Callable[[], BaseStorage]] = [
+        (lambda url=url: RDBStorage(url)) for url in urls  # type: ignore[misc]
+    ] * (CLIENTS // 2)
+    reports = run_clients(storages, study_name, TRIALS_PER_CLIENT // 3)
+    findings = check(study_rows(urls[0], study_name), reports)
+    print(f"RDBStorage on two nodes: {len(findings.duplicate_numbers)} duplicate numbers, "
+          f"{len(findings.errors)} client errors")
+    assert findings.duplicate_numbers == []
+    assert findings.errors == []
+
+
+def _objectives(url: str, study_name: str) -> list[int]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [int(o) for (o,) in conn.exec_driver_sql(
+                "SELECT d.objective FROM study_directions d JOIN studies s "
+                "ON s.study_id = d.study_id WHERE s.study_name = %(name)s ORDER BY 1",
+                {"name": study_name})]
+    finally:
+        engine.dispose()
