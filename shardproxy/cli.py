@@ -33,6 +33,16 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
 
 
+def switch(text: str) -> bool:
+    """An on/off setting from the environment: 1, true, yes, on, or 0, false, no, off, ''."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not on or off: {text!r}")
+
+
 _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("storage", str, "database URL in SQLAlchemy form, e.g. mysql+pymysql://user:pass@host/db, "
      "postgresql+psycopg2://user@host/db (mysql+mysqldb:// takes the C driver mysqlclient, "
@@ -83,6 +93,10 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
      "they signed are served"),
     ("insecure-port", int, "also serve plaintext on this port, beside TLS, for Optuna's "
      "unmodified client (0: none)"),
+    ("single-writer", switch, "assert that every proxy's writes reach one node of a "
+     "multi-primary cluster (a single writer endpoint of a router or balancer): without it "
+     "shardproxy refuses MySQL Group Replication in multi-primary mode, where trial numbers "
+     "could repeat (Galera is served either way)"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR (DEBUG: an access line per RPC, and "
      "the traceback behind a start-up error)"),
     ("log-format", str, f"{' or '.join(LOG_FORMATS)} (json: one object per line)"),
@@ -99,6 +113,10 @@ def _add_serve_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
         field = _FIELD_OF_FLAG.get(flag, flag.replace("-", "_"))
         env = _env_name(flag)
         default = kind(os.environ[env]) if env in os.environ else getattr(defaults, field)
+        if kind is switch:  # --flag / --no-flag
+            parser.add_argument(f"--{flag}", dest=field, action=argparse.BooleanOptionalAction,
+                                default=default, help=f"{text} [env {env}=1]")
+            continue
         parser.add_argument(
             f"--{flag}",
             dest=field,

@@ -91,6 +91,10 @@ class Config:
     # Tests only, from SHARDPROXY_TEST_FAULT_HOOKS=1 (never a flag): SIGUSR2 blocks
     # every request handler thread of a worker, a stuck pool for the watchdog.
     fault_hooks: bool = False
+    # The operator's word that every proxy's writes reach one node of a multi-primary
+    # cluster (a single writer endpoint): lifts the refusal of MySQL Group
+    # Replication in multi-primary mode (Galera needs no such word).
+    single_writer: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
 

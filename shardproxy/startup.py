@@ -23,11 +23,15 @@ import re
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
 from shardproxy.child import EXIT_BOOT_FAILURE
 from shardproxy.config import Config
 from shardproxy.ports import BadHostError, PortInUseError, ensure_port_free, grpc_address
 from shardproxy.urls import masked_url
+
+if TYPE_CHECKING:  # the supervisor does not import SQLAlchemy (see above)
+    from shardproxy.store.cluster import Topology
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ EXIT_ADDRESS = 4
 EXIT_DATABASE_UNREACHABLE = 5
 EXIT_DATABASE_REFUSED = 6
 EXIT_SCHEMA = 7
+EXIT_MULTI_PRIMARY = 8
 
 EXIT_CODES = {
     0: "stopped on SIGTERM or SIGINT, after draining",
@@ -49,6 +54,9 @@ EXIT_CODES = {
     EXIT_DATABASE_UNREACHABLE: "the database server does not answer (may be temporary)",
     EXIT_DATABASE_REFUSED: "the database refused the login, or does not exist",
     EXIT_SCHEMA: "the database holds Optuna's schema of another revision",
+    EXIT_MULTI_PRIMARY: "the database is a multi-primary cluster on which trial numbering "
+    "cannot be made safe (MySQL Group Replication): send every proxy's writes to one node "
+    "and say so with --single-writer",
 }
 
 # MySQL/MariaDB error numbers (server and client) by what the operator must fix.
@@ -120,7 +128,7 @@ def database_problem(config: Config) -> tuple[int, str, str, str] | None:
 
     configure_logging(config.log_level, config.log_format)
     try:
-        _open_database(config.storage_url)
+        topology = _open_database(config.storage_url)
     except Exception as exc:
         details = traceback.format_exc()
         described = describe_database_error(exc, config.storage_url)
@@ -128,11 +136,47 @@ def database_problem(config: Config) -> tuple[int, str, str, str] | None:
             message = f"the database check failed: {type(exc).__name__}: {_one_line(str(exc))}"
             return EXIT_FAILURE, message, "unexpected", details
         return (*described, details)
+    refused = multi_primary_problem(topology, config.single_writer, config.storage_url)
+    if refused is not None:
+        return (*refused, "")
+    from shardproxy.store.cluster import log_topology
+
+    uncertified = topology.multi_primary and not topology.certifies_numbering
+    log_topology(topology, masked_url(config.storage_url),
+                 logging.WARNING if uncertified else logging.INFO)
+    if uncertified:
+        _logger.warning("--single-writer: every proxy's writes are taken to reach one node")
     return None
 
 
-def _open_database(url: str) -> None:
+def multi_primary_problem(
+    topology: Topology, single_writer: bool, url: str
+) -> tuple[int, str, str] | None:
+    """(exit code, message, cause) if the database is a multi-primary cluster whose
+    trial numbering the store cannot make safe, and the operator has not said that
+    one node takes every proxy's writes; else None.
+
+    Galera is served (numbering is certified across nodes, see `store.cluster`);
+    Group Replication in multi-primary mode certifies write sets too, but the store
+    is not tested there.
+    """
+    if not topology.multi_primary or topology.certifies_numbering or single_writer:
+        return None
+    return (
+        EXIT_MULTI_PRIMARY,
+        f"{masked_url(url)} is a {topology.describe()}: every node accepts writes, and "
+        "Optuna numbers a study's trials under a lock that only one node honours, so "
+        "proxies writing through different nodes would store duplicate trial numbers; "
+        "send every proxy's writes to one node (a single writer endpoint of MySQL "
+        "Router, ProxySQL, MaxScale or HAProxy, or the cluster in single-primary mode) "
+        "and start with --single-writer (SHARDPROXY_SINGLE_WRITER=1) to say so",
+        "multi-primary",
+    )
+
+
+def _open_database(url: str) -> Topology:
     from shardproxy.store.bootstrap import prepare_schema
+    from shardproxy.store.cluster import detect_engine
     from shardproxy.store.database import make_write_engine
 
     engine = make_write_engine(url, 1)
@@ -142,6 +186,7 @@ def _open_database(url: str) -> None:
         with engine.connect():
             pass
         prepare_schema(engine, masked_url(url))
+        return detect_engine(engine)
     finally:
         engine.dispose()
 

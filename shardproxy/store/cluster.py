@@ -111,14 +111,17 @@ def detect_engine(engine: Engine) -> Topology:
         return detect(conn)
 
 
-def log_topology(topology: Topology, shown_url: str) -> None:
+def log_topology(topology: Topology, shown_url: str, level: int = logging.INFO) -> None:
+    """Says what the database is, if it is a cluster (`shardproxy serve` once, at start;
+    each store at `level`)."""
     if topology.galera:
-        _logger.info(
+        _logger.log(
+            level,
             "%s is a %s: trial numbering is certified across nodes, reads wait for "
             "the cluster's earlier commits (wsrep_sync_wait)", shown_url, topology.describe()
         )
     elif topology.multi_primary:
-        _logger.warning("%s is a %s", shown_url, topology.describe())
+        _logger.log(level, "%s is a %s", shown_url, topology.describe())
 
 
 def wait_for_causality(engine: Engine) -> None:

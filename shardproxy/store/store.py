@@ -10,6 +10,7 @@ in the constructor, so a server builds its Store after forking its workers.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
@@ -78,7 +79,7 @@ class Store:
             self._writer.dispose()
             self._reader.dispose()
             raise
-        cluster.log_topology(self.topology, masked(url))
+        cluster.log_topology(self.topology, masked(url), logging.DEBUG)  # serve says it once
         if self.topology.galera:
             cluster.wait_for_causality(self._reader)
         self._certify_numbering = self.topology.certifies_numbering

@@ -95,6 +95,9 @@ def test_proxies_on_two_nodes_number_one_study_without_duplicates(
     assert study_rows(urls[0], study_name) == rows
     # The flips that certify numbering were undone in every committed transaction.
     assert _objectives(urls[0], study_name) == [0]
+    # What the proxy found, said once at start.
+    log = (tmp_path / "proxy1.log").read_text()
+    assert log.count("is a Galera cluster of 2 nodes: trial numbering is certified") == 1
 
 
 @pytest.mark.xfail(reason="Optuna's RDBStorage numbers under a lock that one Galera node "
