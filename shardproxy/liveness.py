@@ -2,9 +2,10 @@
 
 A worker records in its status slot when it is ready, whether it still serves,
 whether its database answers, and when its own request handlers last answered a
-watchdog beat (`watchdog` is the worker's side). From those the supervisor
-tells the admin endpoint why a worker is not ready, and picks the workers to kill:
-those whose beat is older than `--watchdog-timeout`.
+watchdog beat (`watchdog` is the worker's side). From those this module tells the
+admin endpoint why a worker is not ready, and kills the workers whose beat is older
+than `--watchdog-timeout` (the supervisor then restarts them as it restarts any
+fallen worker).
 
 A worker whose database does not answer is given longer: its handlers wait for
 the database, and a new process would wait the same. And if the supervisor itself
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterable
 
 from shardproxy.child import WorkerStatus
+from shardproxy.processes import Child
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Liveness:
         self.timeout = timeout
         self._last_watch = time.monotonic()  # the last pass of `stale`
         self._watch_from = 0.0  # beats older than this count from this instead
+        self.killed: set[int] = set()  # pids killed for a stale beat, until released
 
     @property
     def beat_interval(self) -> float | None:
@@ -69,9 +72,32 @@ class Liveness:
             return f"its request handlers answered no watchdog beat for {silent:.1f} s"
         return None
 
-    def silence(self, slot: int, now: float) -> float:
-        """Seconds since the process in `slot` last beat."""
-        return now - self.status.last_beat(slot)
+    def problems(self, shards: dict[int, list[int]]) -> list[str]:
+        """Why shards are not ready, one line each; empty when all are.
+
+        `shards`: shard → the slots of its processes, its current one last (during a
+        reload's handover, the old one first). A shard is ready when one of them is.
+        """
+        now = time.monotonic()
+        found = []
+        for shard, slots in shards.items():
+            reasons = [self.unready_reason(slot, now) for slot in slots]
+            if None not in reasons:
+                found.append(f"worker {shard}: {reasons[-1] if reasons else 'not running'}")
+        return found
+
+    def states(self, shards: dict[int, int | None]) -> dict[int, tuple[bool, float | None]]:
+        """Shard → (ready, seconds since its last beat, None before it is ready), from
+        shard → the slot of its current process (None: none running)."""
+        now = time.monotonic()
+        states: dict[int, tuple[bool, float | None]] = {}
+        for shard, slot in shards.items():
+            if slot is None or not self.status.is_ready(slot):
+                states[shard] = (False, None)
+            else:
+                ready = self.unready_reason(slot, now) is None
+                states[shard] = (ready, now - self.status.last_beat(slot))
+        return states
 
     def stale(self, slots: Iterable[int]) -> dict[int, float]:
         """Of `slots`, those whose beat is too old to wait for, with their silence in seconds."""
@@ -94,3 +120,19 @@ class Liveness:
             if silent > allowed:
                 found[slot] = silent
         return found
+
+    def kill_stale(self, watched: list[tuple[int, Child]]) -> None:
+        """Kills the processes of `watched` (shard, process) whose beat is stale; the
+        supervisor reaps and restarts each on a following pass."""
+        candidates = {c.slot: (shard, c) for shard, c in watched if c.pid not in self.killed}
+        for slot, silent in self.stale(candidates).items():
+            shard, child = candidates[slot]
+            _logger.error(
+                "worker %d (pid %d): its request handlers answered no watchdog beat "
+                "for %.1f s; killing it",
+                shard,
+                child.pid,
+                silent,
+            )
+            self.killed.add(child.pid)
+            child.process.kill()

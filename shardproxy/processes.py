@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
@@ -44,7 +46,7 @@ class Child:
 
 
 class Processes:
-    """Spawns `target` in free status slots and takes the slots back when processes exit."""
+    """Spawns `target` in free status slots, and knows every process not yet released."""
 
     def __init__(
         self,
@@ -61,6 +63,8 @@ class Processes:
         self.context = multiprocessing.get_context("spawn")
         self.status = WorkerStatus(self.context, slots)
         self._free_slots = list(range(slots))
+        self._unreleased: list[Child] = []  # spawned, oldest first
+        self._lock = threading.Lock()  # the admin endpoint's thread reads the list
 
     @property
     def has_free_slot(self) -> bool:
@@ -85,11 +89,16 @@ class Processes:
         process.start()
         if receive is not None:
             receive.close()  # the child has its own copy now
-        return Child(process, slot, send)
+        child = Child(process, slot, send)
+        with self._lock:
+            self._unreleased.append(child)
+        return child
 
     def release(self, child: Child) -> None:
         """After the process exited: its slot, its pipe, and what was kept for its pid."""
         pid = child.process.pid
+        with self._lock:
+            self._unreleased.remove(child)
         self._free_slots.append(child.slot)
         self._free_slots.sort()
         if child.assignment is not None:
@@ -98,6 +107,25 @@ class Processes:
             self.on_exit(pid)
         with contextlib.suppress(ValueError):  # still running (a join timed out)
             child.process.close()
+
+    def unreleased(self) -> list[Child]:
+        """Every process spawned and not yet released: alive, or exited and not reaped."""
+        with self._lock:
+            return list(self._unreleased)
+
+    def signal_all(self, signum: int) -> None:
+        for child in self.unreleased():
+            if not child.exited:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    def kill_all(self) -> None:
+        """Kills every process not yet released, waits for each and releases it."""
+        for child in self.unreleased():
+            if not child.exited:
+                child.process.kill()
+            child.process.join(5.0)
+            self.release(child)
 
 
 def describe(exit_code: int) -> str:

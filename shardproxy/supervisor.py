@@ -26,7 +26,6 @@ here and aggregates on each scrape.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import multiprocessing.connection
 import os
@@ -36,7 +35,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from shardproxy.child import EXIT_BOOT_FAILURE, WorkerSpec
@@ -44,6 +42,7 @@ from shardproxy.liveness import Liveness
 from shardproxy.ports import ensure_port_free
 from shardproxy.processes import Child, Processes, describe
 from shardproxy.rolling import RollingRestart
+from shardproxy.signals import SignalQueue
 from shardproxy.standbys import Standbys
 
 _logger = logging.getLogger(__name__)
@@ -104,11 +103,8 @@ class Supervisor:
         self._reload = RollingRestart()
         self._workers: dict[int, Child] = {}  # shard -> its current process
         self._lock = threading.Lock()  # guards `_workers` for the admin endpoint's thread
-        self._watchdog_kills: set[int] = set()  # pids killed for a stale beat
         self._announced: set[int] = set()  # shards whose current process was logged ready
-        self._signals: collections.deque[int] = collections.deque()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)
+        self._signals = SignalQueue()
         self._socket_dir = ""
         self._stop_deadline: float | None = None
         self._exit_code = 0
@@ -138,7 +134,7 @@ class Supervisor:
                         exc,
                     )
                     return 1
-            restore_signals = self._install_signal_handlers()
+            restore_signals = self._signals.install(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
             try:
                 for shard in range(self.workers):
                     self._start(shard)
@@ -149,15 +145,12 @@ class Supervisor:
         finally:
             if admin is not None:
                 admin.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._signals.close()
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def enqueue_signal(self, signum: int) -> None:
         """What the signal handlers do; also the way to signal a supervisor run in a thread."""
-        self._signals.append(signum)
-        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
-            os.write(self._wake_write, b"\0")
+        self._signals.put(signum)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self.ready.wait(timeout)
@@ -177,39 +170,24 @@ class Supervisor:
         return self._reload.in_progress
 
     def readiness(self) -> list[str]:
-        """Why the instance is not ready to serve, one line per reason; empty when it is.
-
-        Ready: every shard has a process that is ready (see `Liveness.unready_reason`);
-        during a reload's handover, the old process or its replacement.
-        """
+        """Why the instance is not ready to serve, one line per shard; empty when it is."""
         if self._stop_deadline is not None:
             return ["stopping"]
         with self._lock:
-            current = dict(self._workers)
-        handovers = self._reload.handovers()
-        now = time.monotonic()
-        problems = []
-        for shard in range(self.workers):
-            children = [c for c in (handovers.get(shard), current.get(shard)) if c]
-            reasons = [self._liveness.unready_reason(child.slot, now) for child in children]
-            if None not in reasons:
-                problems.append(f"worker {shard}: {reasons[-1] if reasons else 'not running'}")
-        return problems
+            current = {shard: child.slot for shard, child in self._workers.items()}
+        old = {shard: child.slot for shard, child in self._reload.handovers().items()}
+        return self._liveness.problems(
+            {
+                shard: [slot for slot in (old.get(shard), current.get(shard)) if slot is not None]
+                for shard in range(self.workers)
+            }
+        )
 
     def shard_states(self) -> dict[int, tuple[bool, float | None]]:
         """Shard → (ready to serve, seconds since its worker's last beat or None)."""
         with self._lock:
-            current = dict(self._workers)
-        now = time.monotonic()
-        states: dict[int, tuple[bool, float | None]] = {}
-        for shard in range(self.workers):
-            child = current.get(shard)
-            if child is None or not self._processes.status.is_ready(child.slot):
-                states[shard] = (False, None)
-                continue
-            ready = self._liveness.unready_reason(child.slot, now) is None
-            states[shard] = (ready, self._liveness.silence(child.slot, now))
-        return states
+            current = {shard: child.slot for shard, child in self._workers.items()}
+        return self._liveness.states({shard: current.get(shard) for shard in range(self.workers)})
 
     # -- signals ---------------------------------------------------------------------
 
@@ -221,7 +199,7 @@ class Supervisor:
             self._begin_stop(0)
         else:  # a second Ctrl-C: no more waiting
             _logger.warning("stopping now: killing %d workers", len(self._workers))
-            self._signal_all(signal.SIGKILL)
+            self._processes.signal_all(signal.SIGKILL)
             self._stop_deadline = time.monotonic()
 
     def handle_hup(self) -> None:
@@ -234,38 +212,13 @@ class Supervisor:
             self._reload.retire(child, signal.SIGTERM, self.drain_timeout)
         self._reload.begin(self.workers)
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None  # only the main thread may; callers use enqueue_signal
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.enqueue_signal(signum)
-
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {s: signal.signal(s, handler) for s in signals}
-
-        def restore() -> None:
-            for signum, previous_handler in previous.items():
-                signal.signal(signum, previous_handler)
-
-        return restore
-
-    def _dispatch_signals(self) -> None:
-        while self._signals:
-            name = signal.Signals(self._signals.popleft()).name  # "SIGTERM"
-            handle = getattr(self, "handle_" + name[3:].lower(), None)
-            if handle is None:
-                _logger.warning("ignoring %s", name)
-            else:
-                handle()
-
     # -- main loop -------------------------------------------------------------------
 
     def _loop(self) -> int:
         self._liveness.start_watching()
         while True:
             self._sleep()
-            self._dispatch_signals()
+            self._signals.dispatch(self)
             if self._stop_deadline is not None:
                 if self._finish_stop():
                     return self._exit_code
@@ -295,22 +248,9 @@ class Supervisor:
         kill_at = self._reload.next_deadline()
         if kill_at is not None:
             timeout = max(0.0, min(timeout, kill_at - now))
-        sentinels: list[int] = [child.process.sentinel for child in self._children()]
-        if multiprocessing.connection.wait([*sentinels, self._wake_read], timeout):
-            with contextlib.suppress(BlockingIOError):
-                os.set_blocking(self._wake_read, False)
-                os.read(self._wake_read, 4096)
-
-    def _children(self) -> list[Child]:
-        """Every process alive or not yet reaped."""
-        with self._lock:
-            workers = list(self._workers.values())
-        return [
-            *workers,
-            *self._reload.handovers().values(),
-            *self._standbys.children(),
-            *self._reload.retiring(),
-        ]
+        sentinels: list[int] = [child.process.sentinel for child in self._processes.unreleased()]
+        if multiprocessing.connection.wait([*sentinels, self._signals.wake_fd], timeout):
+            self._signals.drain_wake_ups()
 
     def _start(self, shard: int) -> None:
         """Starts a worker for `shard`: a standby if one is left, else a new process."""
@@ -346,12 +286,12 @@ class Supervisor:
 
     def _process_exited(self, pid: int) -> None:
         """What was kept for a process, dropped as its slot is released."""
-        self._watchdog_kills.discard(pid)
+        self._liveness.killed.discard(pid)
         if self._metrics is not None:
             self._metrics.process_exited(pid)
 
     def _cause(self, child: Child) -> str:
-        return "watchdog" if child.pid in self._watchdog_kills else "crash"
+        return "watchdog" if child.pid in self._liveness.killed else "crash"
 
     # -- workers -----------------------------------------------------------------------
 
@@ -425,28 +365,8 @@ class Supervisor:
                 self.ready_callback()
 
     def _kill_stale(self) -> None:
-        watched = {
-            self._workers[shard].slot: (shard, self._workers[shard]) for shard in self._announced
-        }
-        watched.update(
-            {child.slot: (shard, child) for shard, child in self._reload.handovers().items()}
-        )
-        watched = {
-            slot: entry
-            for slot, entry in watched.items()
-            if entry[1].pid not in self._watchdog_kills
-        }
-        for slot, silent in self._liveness.stale(watched).items():
-            shard, child = watched[slot]
-            _logger.error(
-                "worker %d (pid %d): its request handlers answered no watchdog beat "
-                "for %.1f s; killing it",
-                shard,
-                child.pid,
-                silent,
-            )
-            self._watchdog_kills.add(child.pid)
-            child.process.kill()  # reaped and restarted on a following pass
+        watched = [(shard, self._workers[shard]) for shard in self._announced]
+        self._liveness.kill_stale(watched + list(self._reload.handovers().items()))
 
     def _advance_reload(self) -> None:
         """Starts the next shard's replacement once the previous one took over."""
@@ -471,7 +391,7 @@ class Supervisor:
         _logger.info(
             "stopping %d workers (drain up to %.1f s)", len(self._workers), self.drain_timeout
         )
-        self._signal_all(signal.SIGTERM)
+        self._processes.signal_all(signal.SIGTERM)
 
     def _finish_stop(self) -> bool:
         """True once every process is gone; kills the rest at the drain deadline."""
@@ -484,32 +404,23 @@ class Supervisor:
                 self._processes.release(child)
         self._reload.reap_retiring(self._processes.release, quiet=True)
         self._standbys.reap(stopping=True)
-        if not self._children():
+        if not self._processes.unreleased():
             _logger.info("all workers stopped")
             return True
         assert self._stop_deadline is not None
         if time.monotonic() < self._stop_deadline:
             return False
-        _logger.warning("killing %d workers still draining", len(self._children()))
+        _logger.warning("killing %d workers still draining", len(self._processes.unreleased()))
         self._kill_all()
         return True
 
-    def _signal_all(self, signum: int) -> None:
-        for child in self._children():
-            if not child.exited:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
-
     def _kill_all(self) -> None:
         with self._lock:
-            children, self._workers = list(self._workers.values()), {}
-        children += self._reload.remove_all() + self._standbys.remove_all()
+            self._workers = {}
+        self._reload.remove_all()
+        self._standbys.remove_all()
         self._announced.clear()
-        for child in children:
-            if not child.exited:
-                child.process.kill()
-            child.process.join(5.0)
-            self._processes.release(child)
+        self._processes.kill_all()
 
     def _forget(self, shard: int) -> None:
         with self._lock:
