@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from shardproxy.store.schema import trials
+from shardproxy.store.schema import studies, trials
 
 
 @dataclass
@@ -43,6 +43,7 @@ def witness_present(conn: Connection, witness: Witness) -> bool:
     On Galera the connection reads causally (`cluster`), so a COMMIT that another
     node applied before the check is seen, whichever node answers.
     """
+    _wait_for_the_batch(conn, witness)
     if witness.created_ids:
         query = select(trials.c.study_id, trials.c.number).where(
             trials.c.trial_id == witness.created_ids[0])
@@ -53,3 +54,25 @@ def witness_present(conn: Connection, witness: Witness) -> bool:
     trial_id, state = next(iter(witness.state_changes.items()))
     query = select(trials.c.state).where(trials.c.trial_id == trial_id)
     return conn.execute(query).scalar() == state
+
+
+def _wait_for_the_batch(conn: Connection, witness: Witness) -> None:
+    """Waits until the batch's own transaction has ended, committed or rolled back.
+
+    The database may not have finished the COMMIT whose reply was lost (the server
+    still writes it, or has not noticed yet that the connection died): the rows
+    would then appear only after a check on another connection found them missing,
+    and the batch would be applied twice. The batch held a lock until its end (the
+    row of the study it added trials to, the row of a trial whose state it set),
+    so taking that lock waits for it; the connection reads in autocommit, so the
+    lock is let go at once.
+    """
+    if witness.first_created_as is not None:
+        held = select(studies.c.study_id).where(
+            studies.c.study_id == witness.first_created_as[0])
+    elif witness.state_changes:
+        held = select(trials.c.trial_id).where(
+            trials.c.trial_id == next(iter(witness.state_changes)))
+    else:
+        return
+    conn.execute(held.with_for_update())
