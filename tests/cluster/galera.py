@@ -83,9 +83,9 @@ class Node:
         return f"mysql+{driver}://root@127.0.0.1:{self.port}/{database}"
 
     def status(self, name: str) -> str | None:
-        """One `SHOW STATUS` value of the node, None if it does not answer."""
+        """One `SHOW GLOBAL STATUS` value of the node, None if it does not answer."""
         try:
-            return _query_one(self.url(), f"SHOW STATUS LIKE '{name}'")
+            return _query_one(self.url(), f"SHOW GLOBAL STATUS LIKE '{name}'")
         except sqlalchemy.exc.DBAPIError:
             return None
 
@@ -136,7 +136,7 @@ def _install_datadir(node: Node) -> None:
     )
 
 
-def _start(node: Node, library: str, join: Node | None) -> None:
+def _start(node: Node, library: str | None, join: Node | None) -> None:
     address = "gcomm://" if join is None else f"gcomm://127.0.0.1:{join.group_port}"
     command = [
         MARIADBD, "--no-defaults", "--user=root",
@@ -147,6 +147,12 @@ def _start(node: Node, library: str, join: Node | None) -> None:
         "--binlog-format=ROW", "--innodb-autoinc-lock-mode=2",
         "--default-storage-engine=InnoDB", "--innodb-buffer-pool-size=64M",
         "--innodb-flush-log-at-trx-commit=2", "--skip-name-resolve",
+    ]
+    if library is None:  # a plain server with the same settings, for comparisons
+        node.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        return
+    command += [
         "--wsrep-on=ON", f"--wsrep-provider={library}",
         f"--wsrep-cluster-address={address}", "--wsrep-cluster-name=shardproxy-test",
         f"--wsrep-node-name=node{node.index}", f"--wsrep-node-address=127.0.0.1:{node.group_port}",
@@ -158,6 +164,16 @@ def _start(node: Node, library: str, join: Node | None) -> None:
         command.append("--wsrep-new-cluster")
     node.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
+
+
+def _wait_answering(node: Node, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if node.process is not None and node.process.poll() is not None:
+            raise RuntimeError(f"mariadbd exited: {_tail(node.log)}")
+        if node.status("Uptime") is not None:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"mariadbd did not answer in time: {_tail(node.log)}")
 
 
 def _wait_synced(nodes: list[Node], deadline: float) -> None:
@@ -192,14 +208,18 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def galera_cluster(size: int = 2) -> Iterator[GaleraCluster]:
-    """Starts a fresh cluster of `size` nodes; yields it synced; stops it afterwards."""
+def galera_cluster(size: int = 2, wsrep: bool = True) -> Iterator[GaleraCluster]:
+    """Starts a fresh cluster of `size` nodes; yields it synced; stops it afterwards.
+
+    `wsrep=False`: one plain server (no Galera) with the nodes' settings, to compare with.
+    """
     why = missing()
     if why is not None:
         raise RuntimeError(why)
     library = provider()
     assert library is not None
     root = Path(tempfile.mkdtemp(prefix="shardproxy-galera-"))
+    size = size if wsrep else 1
     ports = _free_ports(4 * size)
     nodes = [Node(i, root / f"node{i}", *ports[4 * i:4 * i + 4]) for i in range(size)]
     try:
@@ -208,6 +228,11 @@ def galera_cluster(size: int = 2) -> Iterator[GaleraCluster]:
         for node in nodes[1:]:  # the joiner's rsync daemon runs as nobody
             subprocess.run(["chown", "-R", "nobody:nogroup", str(node.directory)], check=True)
         deadline = time.monotonic() + START_TIMEOUT
+        if not wsrep:
+            _start(nodes[0], None, None)
+            _wait_answering(nodes[0], deadline)
+            yield GaleraCluster(nodes)
+            return
         _start(nodes[0], library, None)
         _wait_synced(nodes[:1], deadline)
         for node in nodes[1:]:

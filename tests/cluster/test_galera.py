@@ -129,3 +129,35 @@ def _objectives(url: str, study_name: str) -> list[int]:
                 {"name": study_name})]
     finally:
         engine.dispose()
+
+
+def _statements_of_one_trial(url: str) -> tuple[list[str], int]:
+    """The write statements of one create_new_trial through a Store, and the read
+    connection's wsrep_sync_wait (0 where the server has none)."""
+    import sqlalchemy
+
+    from shardproxy.store import Store
+
+    store = Store(url)
+    try:
+        study_id = store.create_new_study([0], f"s-{uuid.uuid4().hex[:6]}")
+        seen: list[str] = []
+        sqlalchemy.event.listen(store._writer, "before_cursor_execute",
+                                lambda conn, cursor, statement, *args: seen.append(statement))
+        store.create_new_trial(study_id, None)
+        with store._reader.connect() as conn:
+            found = conn.exec_driver_sql("SHOW VARIABLES LIKE 'wsrep_sync_wait'").first()
+        return seen, 0 if found is None else int(found[1])
+    finally:
+        store.close()
+
+
+def test_numbering_writes_and_causal_reads_only_on_galera(
+    galera: GaleraCluster, database: str, mariadb_url: str
+) -> None:
+    on_galera, galera_wait = _statements_of_one_trial(galera.urls(database)[0])
+    single, single_wait = _statements_of_one_trial(mariadb_url)
+    assert sum("UPDATE study_directions" in s for s in on_galera) == 2
+    assert (galera_wait, single_wait) == (cluster.SYNC_WAIT_READS, 0)
+    assert not any("study_directions" in s for s in single)
+    assert len(on_galera) == len(single) + 2
