@@ -127,7 +127,9 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
         self._channel = self._open_channel()
         self._support = ExtensionSupport()
         self._retrier = Retrier(self.retry_deadline, self.timeout)
-        self._stub = RetryingStub(self._channel, self._retrier, self._support)
+        self._stub = RetryingStub(  # type: ignore[assignment]  # the same methods
+            self._channel, self._retrier, self._support
+        )
         self._cache = GrpcClientCache(self._stub)  # type: ignore[arg-type]
         self._record = self._channel.unary_unary(extension_path("RecordHeartbeat"))
         self._stale = self._channel.unary_unary(extension_path("GetStaleTrialIds"))

@@ -53,7 +53,7 @@ _IDEMPOTENT = frozenset({
     "SetTrialIntermediateValue", "SetTrialUserAttribute", "SetTrialSystemAttribute",
 })  # fmt: skip
 _READS = frozenset(name for name in METHODS if name.startswith("Get"))
-_KEYED = {
+_KEYED: dict[str, tuple[str, Any]] = {
     "CreateNewTrial": ("CreateNewTrialOnce", api_pb2.CreateNewTrialReply),
     "SetTrialStateValues": ("SetTrialStateValuesOnce", api_pb2.SetTrialStateValuesReply),
 }

@@ -255,7 +255,8 @@ class Store:
     # -- what shardproxy.client adds (see `extended`) ---------------------------------
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self._committer.submit(heartbeats.RecordHeartbeat(trial_id))
+        # The committer carries any operation its apply_batch takes (`extended`).
+        self._committer.submit(heartbeats.RecordHeartbeat(trial_id))  # type: ignore[arg-type]
 
     def stale_trial_ids(self, study_id: int, grace_period: float) -> list[int]:
         return self._read(lambda conn: heartbeats.stale_trial_ids(conn, study_id, grace_period))
@@ -264,14 +265,15 @@ class Store:
         self, study_id: int, template: TrialRow | None, key: str, repeated: bool
     ) -> int:
         self._prepare_request_keys()
-        return int(self._committer.submit(Keyed(CreateTrial(study_id, template), key, repeated)))
+        keyed = Keyed(CreateTrial(study_id, template), key, repeated)
+        return int(self._committer.submit(keyed))  # type: ignore[arg-type]
 
     def set_trial_state_values_once(
         self, trial_id: int, state: int, values: Sequence[float] | None, key: str, repeated: bool
     ) -> bool:
         self._prepare_request_keys()
         operation = SetStateValues(trial_id, state, None if values is None else list(values))
-        return bool(self._committer.submit(Keyed(operation, key, repeated)))
+        return bool(self._committer.submit(Keyed(operation, key, repeated)))  # type: ignore[arg-type]
 
     def _prepare_request_keys(self) -> None:
         if not self._request_keys_ready:  # once per store; racing threads do it twice
