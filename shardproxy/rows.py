@@ -6,7 +6,7 @@ Python values as the database holds them, ready to be encoded on the wire.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 # Wire enum values (proto/storage.proto) and the names Optuna's schema stores.
@@ -60,12 +60,36 @@ def empty_trial_row() -> TrialRow:
     return TrialRow(0, 0, RUNNING, [], "", "", [], [], [], [])
 
 
+# The local zone's UTC offset by the UTC minute it holds for: a full read of a study
+# converts two datetimes per trial, and asking the zone (`astimezone`) for each
+# is most of that read's CPU. Trials of one study start within a few minutes of
+# each other, so the table stays small; it is emptied when it grows anyway. Every
+# change of a zone's offset since 1900 falls on a whole minute.
+_offsets: dict[int, timedelta] = {}
+_MAX_OFFSETS = 100_000
+
+
+def _local_offset(utc_naive: datetime) -> timedelta:
+    minute = utc_naive.toordinal() * 1440 + utc_naive.hour * 60 + utc_naive.minute
+    offset = _offsets.get(minute)
+    if offset is None:
+        offset = utc_naive.replace(tzinfo=timezone.utc).astimezone().utcoffset()
+        assert offset is not None  # astimezone() gives an aware datetime
+        if len(_offsets) >= _MAX_OFFSETS:
+            _offsets.clear()
+        _offsets[minute] = offset
+    return offset
+
+
 def wire_datetime(utc_naive: datetime | None) -> str:
     """A naive UTC datetime as stored by Optuna, as the wire's naive local time."""
     if utc_naive is None:
         return ""
-    local = utc_naive.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
-    return local.strftime(WIRE_DATETIME_FORMAT)
+    local = utc_naive + _local_offset(utc_naive)
+    if local.year < 1000:  # isoformat pads the year to four digits, strftime does not
+        return local.strftime(WIRE_DATETIME_FORMAT)
+    # The same text as WIRE_DATETIME_FORMAT, several times faster than strftime.
+    return local.isoformat(" ", "microseconds")
 
 
 def stored_datetime(wire: str) -> datetime | None:
