@@ -6,7 +6,8 @@
 Setups, each with fresh servers and a fresh study, the same Optuna load (16 client
 threads with RandomSampler through real `GrpcStorageProxy` clients):
 
-- single: one plain MariaDB server (no Galera, the nodes' settings), one proxy;
+- single: one plain MariaDB server (no Galera, the nodes' settings), one proxy,
+  then two (each proxy syncs its own cache: the reads a second proxy adds anywhere);
 - galera, one proxy: the cluster, one proxy on node 0 (every write through one node);
 - galera, two proxies: one proxy per node, the clients split between them.
 
@@ -168,6 +169,8 @@ def main() -> None:
     costs: list[ReadCost] = []
     with galera_cluster(wsrep=False) as single:
         setups.append(run_setup("single server, one proxy", single, 1, args.clients,
+                                args.trials_per_client, logs))
+        setups.append(run_setup("single server, two proxies", single, 2, args.clients,
                                 args.trials_per_client, logs))
     with galera_cluster() as cluster:
         setups.append(run_setup("galera, one proxy on node 0", cluster, 1, args.clients,

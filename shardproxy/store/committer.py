@@ -220,7 +220,15 @@ class GroupCommitter:
             # SQLite reports a COMMIT that did not happen; a batch without a witness
             # holds only writes that can be repeated with the same outcome.
             return False
-        _logger.warning("COMMIT of a batch failed (%s); checking whether it committed", exc)
+        if _certification_conflict(exc):
+            # Routine on a Galera cluster: another node committed a write of the same
+            # rows first (two nodes numbering one study, say). Nothing committed; the
+            # check below costs one read and holds whatever the server says.
+            _logger.info("COMMIT of a batch lost a conflict with another node of the "
+                         "cluster (%s); checking, then running it again", exc.orig)
+        else:
+            _logger.warning("COMMIT of a batch failed (%s); checking whether it committed",
+                            exc)
         # Silent: the warning above already says what is going on.
         return with_retries(lambda: self._commit_check(witness), self._retry_deadline)
 
@@ -252,3 +260,11 @@ class GroupCommitter:
             conn.close()
         except sqlalchemy.exc.DBAPIError:
             pass
+
+
+def _certification_conflict(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    """A deadlock reported by COMMIT itself: a single server reports deadlocks at the
+    statement that waits, so at COMMIT it is a multi-primary cluster's certification
+    (or a node's abort of this transaction for another node's earlier write)."""
+    args: tuple[object, ...] = getattr(exc.orig, "args", ())
+    return len(args) > 0 and args[0] == 1213
