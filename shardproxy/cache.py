@@ -10,6 +10,17 @@ delta query — the trials with an id above the highest one seen, plus every tri
 still unfinished here. Within a study trial ids grow in commit order (numbers are
 assigned under the study-row lock), which makes that delta gap-free.
 
+A database that hands out a deleted row's id again (SQLite) can give a new study
+the id of a deleted one, and its trials the ids of the deleted trials: a cache
+keyed by id would then serve the deleted study's trials as the new one's. Where
+ids may be reused, each sync therefore also reads back the newest trial it holds
+(by id, in the same query) and checks that it is still that trial: in the study,
+with its number and start time. If not, the study was replaced: its cache is
+emptied and read again in full, and `on_replaced` tells the worker, whose other
+memories of the study (the trial → study map) go too. A finished trial is then
+also served only after a sync. Elsewhere ids are never handed out twice and the
+check is not made.
+
 Syncs are single-flight: a read needs a sync that *started after it arrived*; all
 reads that arrive while one sync runs share the next one. That bounds the
 database reads per study by the sync latency rather than by the number of clients,
@@ -30,6 +41,7 @@ import time
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
+from typing import NamedTuple
 
 from shardproxy import codec
 from shardproxy.rows import TrialRow
@@ -39,6 +51,21 @@ from shardproxy.rows import TrialRow
 LoadTrials = Callable[[int, int, Collection[int]], list[TrialRow]]
 # Told, as each sync starts, how many reads it serves (metrics); None: nobody listens.
 OnSync = Callable[[int], None] | None
+# Told the id of a study found replaced by another with the same id (see above).
+OnReplaced = Callable[[int], None] | None
+
+
+class _Witness(NamedTuple):
+    """The newest cached trial as first read: what must still hold if the study is
+    the same one. A trial's start time is set once (a waiting trial has none yet)."""
+
+    trial_id: int
+    number: int
+    datetime_start: str
+
+    def still_holds(self, row: TrialRow | None) -> bool:
+        return row is not None and row.number == self.number and (
+            not self.datetime_start or row.datetime_start == self.datetime_start)
 
 
 class _CachedTrial:
@@ -61,18 +88,23 @@ class StudyCache:
     """The trials of one study, and the single-flight sync that refreshes them."""
 
     def __init__(
-        self, study_id: int, load_trials: LoadTrials, window: float = 0.0, on_sync: OnSync = None
+        self,
+        study_id: int,
+        load_trials: LoadTrials,
+        window: float = 0.0,
+        on_sync: OnSync = None,
+        ids_reused: bool = False,
+        on_replaced: OnReplaced = None,
     ) -> None:
+        """`ids_reused`: the database may hand out a deleted row's id again (SQLite)."""
         self.study_id = study_id
         self._load_trials = load_trials
         self._window = window
         self._on_sync = on_sync
+        self._ids_reused = ids_reused
+        self._on_replaced = on_replaced
         self._lock = threading.Lock()
-        self._trials: dict[int, _CachedTrial] = {}
-        self._ids: list[int] = []  # every cached trial id, ascending
-        self._unfinished: set[int] = set()
-        self._max_id = -1
-        self.encoded_bytes = 0  # of every cached trial's encoding
+        self._empty()
         # Single-flight bookkeeping, guarded by _sync_done's lock.
         self._sync_done = threading.Condition()
         self._syncs_started = 0
@@ -109,7 +141,12 @@ class StudyCache:
             return None if cached is None else cached.encoded
 
     def finished_trial_bytes(self, trial_id: int) -> bytes | None:
-        """The trial's bytes if it is cached and finished (then they never change)."""
+        """The trial's bytes if it is cached and finished (then they never change).
+
+        Never where ids are reused: the id may now be another trial's, which only a
+        sync finds out."""
+        if self._ids_reused:
+            return None
         with self._lock:
             cached = self._trials.get(trial_id)
             if cached is None or not cached.is_finished:
@@ -149,7 +186,7 @@ class StudyCache:
                 try:
                     if self._on_sync is not None:
                         self._on_sync(served)
-                    self._apply(self._fetch_delta())
+                    self._refresh()
                 except BaseException as exc:  # handed to the waiters, then re-raised
                     error = exc
                 finally:
@@ -163,11 +200,34 @@ class StudyCache:
             if self._failed_sync is not None and self._failed_sync[0] == needed:
                 raise self._failed_sync[1]
 
-    def _fetch_delta(self) -> list[TrialRow]:
+    def _empty(self) -> None:
+        self._trials: dict[int, _CachedTrial] = {}
+        self._ids: list[int] = []  # every cached trial id, ascending
+        self._unfinished: set[int] = set()
+        self._max_id = -1
+        self._witness: _Witness | None = None  # only where ids are reused
+        self.encoded_bytes = 0  # of every cached trial's encoding
+
+    def _refresh(self) -> None:
+        rows, witness = self._fetch_delta()
+        if witness is not None and not witness.still_holds(
+            next((row for row in rows if row.trial_id == witness.trial_id), None)
+        ):
+            with self._lock:
+                self._empty()
+            if self._on_replaced is not None:
+                self._on_replaced(self.study_id)
+            rows, _ = self._fetch_delta()
+        self._apply(rows)
+
+    def _fetch_delta(self) -> tuple[list[TrialRow], _Witness | None]:
         with self._lock:
             max_id = self._max_id
-            unfinished = list(self._unfinished)
-        return self._load_trials(self.study_id, max_id, unfinished)
+            wanted = list(self._unfinished)
+            witness = self._witness
+        if witness is not None and witness.trial_id not in wanted:
+            wanted.append(witness.trial_id)
+        return self._load_trials(self.study_id, max_id, wanted), witness
 
     def _apply(self, rows: list[TrialRow]) -> None:
         # Encode outside the lock: readers keep being served meanwhile.
@@ -198,6 +258,11 @@ class StudyCache:
                     self._unfinished.discard(trial_id)
                 else:
                     self._unfinished.add(trial_id)
+            if self._ids_reused and rows and rows[-1].trial_id == self._max_id:
+                newest = rows[-1]
+                if self._witness is None or self._witness.trial_id != newest.trial_id:
+                    self._witness = _Witness(newest.trial_id, newest.number,
+                                             newest.datetime_start)
 
 
 def _same_row(old: TrialRow, new: TrialRow) -> bool:
@@ -227,11 +292,16 @@ class StudyCaches:
         max_trials: int,
         sync_window: float = 0.0,
         on_sync: OnSync = None,
+        ids_reused: bool = False,
+        on_replaced: OnReplaced = None,
     ) -> None:
+        """`ids_reused`, `on_replaced`: see the module's docstring."""
         self._load_trials = load_trials
         self._max_trials = max_trials
         self._sync_window = sync_window
         self._on_sync = on_sync
+        self._ids_reused = ids_reused
+        self._on_replaced = on_replaced
         self._lock = threading.Lock()
         self._studies: OrderedDict[int, StudyCache] = OrderedDict()
 
@@ -240,7 +310,8 @@ class StudyCaches:
             cache = self._studies.get(study_id)
             if cache is None:
                 cache = StudyCache(
-                    study_id, self._load_trials, self._sync_window, self._on_sync
+                    study_id, self._load_trials, self._sync_window, self._on_sync,
+                    self._ids_reused, self._on_replaced,
                 )
                 self._studies[study_id] = cache
             else:
