@@ -107,6 +107,9 @@ class Worker:
             config.cache_max_trials,
             sync_window=config.sync_window,
             on_sync=metrics.cache_synced if metrics.exported else None,
+            # SQLite hands out a deleted row's id again (see cache.py).
+            ids_reused=driver_url(config.storage_url).get_backend_name() == "sqlite",
+            on_replaced=lambda study_id: self.router.forget_study(study_id),
         )
         self.service = Service(store, self.caches)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
