@@ -108,7 +108,7 @@ def run_setup(name: str, cluster: GaleraCluster, proxies: int, clients: int,
         time.sleep(0.5)  # the study replicated everywhere before the first count
         with contextlib.ExitStack() as stack:
             ports = [stack.enter_context(shardproxy_serve(
-                urls[i], logs / f"{uuid.uuid4().hex[:6]}-{i}.log", "--workers", "1"))
+                urls[i % len(urls)], logs / f"{uuid.uuid4().hex[:6]}-{i}.log", "--workers", "1"))
                 for i in range(proxies)]
             before = _counters(cluster.nodes)
             side = None

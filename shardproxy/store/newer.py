@@ -22,6 +22,13 @@ from one of the two:
   in the statement, and the one not taken is not run (a one-time filter).
   The cost is O(min(trials written since X, the study's size)): O(delta) while
   the study is being written to, and never more than reading the study.
+
+"Newer than X" finds every trial added since X because, within one study, trial
+ids grow in commit order. On a Galera cluster ids from different nodes
+interleave (each node takes ids of its own, `auto_increment_offset`), but not
+within a study: numbering there is certified across nodes (`cluster`), so a
+node adds a trial to a study only after it has applied the study's earlier
+trials, and applying a row moves the node's auto-increment past its id.
 """
 
 from __future__ import annotations
