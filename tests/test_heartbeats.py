@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -33,7 +34,8 @@ from shardproxy.store import Store
 from shardproxy.store.extended import Keyed, apply_extended
 from shardproxy.store.heartbeats import RecordHeartbeat
 from shardproxy.store.operations import CreateTrial
-from shardproxy.store.request_keys import request_keys
+from shardproxy.store.pending import utc_now
+from shardproxy.store.request_keys import KEEP, prune, request_keys
 from tests.databases import fresh_database
 from tests.proxies import proxy_client, running_workers
 
@@ -245,5 +247,22 @@ def test_a_batch_writes_all_its_beats_with_one_statement(url: str) -> None:
         assert applied.results[0] is None and isinstance(applied.results[1], int)
         assert sum("trial_heartbeats" in s for s in statements) == 1
         assert sum("shardproxy_request_keys" in s for s in statements) == 1
+    finally:
+        store.close()
+
+
+def test_keys_past_their_keeping_are_pruned(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    try:
+        study_id = store.create_new_study([1], "keys")
+        store.create_new_trial_once(study_id, None, "recent", False)
+        store.create_new_trial_once(study_id, None, "old", False)
+        with store._writer.begin() as conn:
+            conn.execute(request_keys.update().where(request_keys.c.request_key == "old")
+                         .values(created_at=utc_now() - KEEP - timedelta(minutes=1)))
+        prune(store._writer)
+        with store._writer.connect() as conn:
+            left = [r[0] for r in conn.execute(sqlalchemy.select(request_keys.c.request_key))]
+        assert left == ["recent"]
     finally:
         store.close()

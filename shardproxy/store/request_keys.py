@@ -12,8 +12,9 @@ those are the user's (Optuna shows them, and RetryHeartbeatStaleTrialCallback
 copies a failed trial's system attributes to its retry, key and all). The table
 is created the first time a keyed call arrives, so a database that only
 unmodified clients use never gets it. It has no foreign key (RDBStorage deletes
-trials without knowing of it); rows older than KEEP are deleted when a store
-first uses the table, since a repeat comes within the client's retry deadline.
+trials without knowing of it). A repeat comes within the client's retry deadline
+(a minute by default), so keys older than KEEP are deleted: by each store when it
+first uses the table and every PRUNE_EVERY after, off the request path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sqlalchemy.exc
 from sqlalchemy import (
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -41,7 +43,8 @@ from shardproxy.store.pending import utc_now
 
 _logger = logging.getLogger(__name__)
 
-KEEP = timedelta(days=2)
+KEEP = timedelta(hours=6)
+PRUNE_EVERY = 600.0  # seconds
 
 _metadata = MetaData()
 request_keys = Table(
@@ -53,11 +56,12 @@ request_keys = Table(
     Column("trial_id", Integer, nullable=False),
     Column("outcome", Integer, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    Index("ix_shardproxy_request_keys_created_at", "created_at"),
 )
 
 
 def prepare(engine: Engine) -> None:
-    """Creates the table if it is missing, and deletes keys past KEEP."""
+    """Creates the table if it is missing."""
     try:
         with engine.begin() as conn:
             _metadata.create_all(conn, checkfirst=True)
@@ -66,6 +70,10 @@ def prepare(engine: Engine) -> None:
         with engine.connect() as conn:
             if not sqlalchemy.inspect(conn).has_table(request_keys.name):
                 raise
+
+
+def prune(engine: Engine) -> None:
+    """Deletes the keys older than KEEP."""
     with engine.begin() as conn:
         pruned = conn.execute(
             delete(request_keys).where(request_keys.c.created_at < utc_now() - KEEP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
@@ -53,6 +54,7 @@ from shardproxy.store.witness import Witness, witness_present
 from shardproxy.urls import masked_url as masked
 
 T = TypeVar("T")
+_logger = logging.getLogger(__name__)
 
 
 class Store:
@@ -103,6 +105,7 @@ class Store:
         # a sync of a study others do not write to skips their trials (`settled`).
         self._settled = SettledRanges()
         self._request_keys_ready = False
+        self._request_keys_pruned = -request_keys.PRUNE_EVERY
         self._committer = GroupCommitter(
             self._writer,
             self._apply_batch,
@@ -280,6 +283,17 @@ class Store:
             with_retries(lambda: request_keys.prepare(self._writer), self._retry_deadline,
                          "prepare request keys")
             self._request_keys_ready = True
+        now = time.monotonic()
+        if now >= self._request_keys_pruned + request_keys.PRUNE_EVERY:
+            self._request_keys_pruned = now
+            threading.Thread(target=self._prune_request_keys, name="prune-keys",
+                             daemon=True).start()
+
+    def _prune_request_keys(self) -> None:
+        try:
+            request_keys.prune(self._writer)
+        except sqlalchemy.exc.DBAPIError as exc:  # the next prune will do
+            _logger.warning("could not delete old request keys: %s", exc)
 
     # -- trial reads -----------------------------------------------------------------
 
