@@ -203,3 +203,56 @@ def test_least_recently_used_studies_are_evicted_past_the_limit() -> None:
 
     assert caches.holds(1) and caches.holds(3) and not caches.holds(2)
     assert caches.cached_trials() == 8
+
+
+def test_the_collector_waits_while_a_study_is_first_read() -> None:
+    import gc
+
+    table = Table()
+    table.put(trial(1))
+    seen: list[bool] = []
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialRow]:
+        seen.append(gc.isenabled())
+        return table.load_trials(study_id, greater_than, ids)
+
+    assert gc.isenabled()
+    cache = StudyCache(STUDY, load)
+    cache.sync()  # the first read: every trial built at once
+    table.put(trial(2))
+    cache.sync()  # a delta
+    assert seen == [False, True]
+    assert gc.isenabled()
+
+
+def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_was() -> None:
+    import gc
+
+    from shardproxy.cache import _collector_paused
+
+    inside, leave = threading.Barrier(3), threading.Event()
+
+    def hold() -> None:
+        with _collector_paused():
+            inside.wait()
+            leave.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    inside.wait()
+    with _collector_paused():
+        pass  # a third thread in and out: the other two are still inside
+    assert not gc.isenabled()
+    leave.set()
+    for thread in threads:
+        thread.join()
+    assert gc.isenabled()
+
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()  # not turned on by a pause that found it off
+    finally:
+        gc.enable()
