@@ -54,10 +54,18 @@ def server(mariadb_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
 
 
 def rows(url: str, query: str) -> list[tuple[object, ...]]:
+    """The query's rows; retried for a minute while the (shared) server restarts."""
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    deadline = time.monotonic() + 60
     try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(query)]
+        while True:
+            try:
+                with engine.connect() as conn:
+                    return [tuple(r) for r in conn.exec_driver_sql(query)]
+            except sqlalchemy.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
     finally:
         engine.dispose()
 
