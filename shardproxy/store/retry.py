@@ -14,10 +14,11 @@ _logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, cannot
-# connect, connection killed, server shutting down, read-only during failover,
-# client idle too long.
-_MYSQL_TRANSIENT = {1213, 1205, 2006, 2013, 2003, 1927, 1053, 1290, 4031}
+# MySQL/MariaDB: deadlock (also a Galera certification conflict), lock wait timeout,
+# server gone, lost connection, cannot connect, connection killed, server shutting
+# down, read-only during failover, client idle too long, a Galera node out of the
+# cluster's primary component (until it rejoins).
+_MYSQL_TRANSIENT = {1213, 1205, 2006, 2013, 2003, 1927, 1053, 1290, 4031, 1047}
 # PostgreSQL SQLSTATEs: serialization failure, deadlock, and classes 08 (connection)
 # and 57P (operator intervention: admin shutdown, crash shutdown, cannot connect now).
 _POSTGRES_TRANSIENT = ("40001", "40P01", "08", "57P")

@@ -69,3 +69,17 @@ def test_single_writer_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SHARDPROXY_SINGLE_WRITER", "1")
     assert build_parser().parse_args(["serve"]).single_writer is True
     assert build_parser().parse_args(["serve", "--no-single-writer"]).single_writer is False
+
+
+def test_a_galera_node_out_of_the_primary_component_is_retried() -> None:
+    """A node that lost its cluster's quorum answers every query with 1047 until it
+    rejoins (seen on a two-node cluster with one node killed): retried like a
+    server restart, not failed at once."""
+    import pymysql
+    import sqlalchemy.exc
+
+    from shardproxy.store.retry import is_transient
+
+    error = pymysql.err.OperationalError(1047, "WSREP has not yet prepared node for "
+                                               "application use")
+    assert is_transient(sqlalchemy.exc.OperationalError("SELECT 1", {}, error))
