@@ -37,10 +37,13 @@ from optuna import _deprecated
 from optuna._experimental import warn_experimental_argument
 from optuna._warnings import optuna_warn
 from optuna.storages import GrpcStorageProxy as OptunaGrpcStorageProxy
-from optuna.storages._grpc.client import GrpcClientCache
+from optuna.storages._grpc.auto_generated import api_pb2
+from optuna.storages._grpc.client import GrpcClientCache, GrpcClientCacheEntry
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 
+from shardproxy.client.decoding import AVAILABLE as DECODING_AVAILABLE
+from shardproxy.client.decoding import TrialDecoder
 from shardproxy.client.retrying import (
     ExtensionSupport,
     ExtensionUnavailableWarning,
@@ -130,7 +133,11 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
         self._stub = RetryingStub(  # type: ignore[assignment]  # the same methods
             self._channel, self._retrier, self._support
         )
-        self._cache = GrpcClientCache(self._stub)  # type: ignore[arg-type]
+        if DECODING_AVAILABLE:
+            self._decoder = TrialDecoder()
+            self._cache = _DecodingCache(self._stub, self._decoder)
+        else:
+            self._cache = GrpcClientCache(self._stub)  # type: ignore[arg-type]
         self._record = self._channel.unary_unary(extension_path("RecordHeartbeat"))
         self._stale = self._channel.unary_unary(extension_path("GetStaleTrialIds"))
 
@@ -150,7 +157,7 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for name in ("_support", "_retrier", "_record", "_stale", "_credentials"):
+        for name in ("_support", "_retrier", "_record", "_stale", "_credentials", "_decoder"):
             state.pop(name, None)
         if self._credentials is not None:
             # Channel credentials hold C state that cannot be pickled.
@@ -160,6 +167,17 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         state.setdefault("_credentials", None)
         super().__setstate__(state)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        if not DECODING_AVAILABLE:
+            return super().get_trial(trial_id)
+        try:
+            reply = self._stub.raw_get_trial(api_pb2.GetTrialRequest(trial_id=trial_id))
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise KeyError from e
+            raise
+        return self._decoder.trial_reply(reply)
 
     # -- BaseHeartbeat -----------------------------------------------------------------
 
@@ -207,3 +225,32 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
         return self.heartbeat_stale_trial_callback
+
+
+class _DecodingCache(GrpcClientCache):
+    """Optuna's client cache, its GetTrials replies decoded by `decoding`."""
+
+    def __init__(self, stub: RetryingStub, decoder: TrialDecoder) -> None:
+        super().__init__(stub)  # type: ignore[arg-type]
+        self._raw_get_trials = stub.raw_get_trials
+        self._decoder = decoder
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        # Optuna's, with the reply decoded straight into FrozenTrials.
+        if study_id not in self.studies:
+            self.studies[study_id] = GrpcClientCacheEntry()
+        study = self.studies[study_id]
+        request = api_pb2.GetTrialsRequest(
+            study_id=study_id,
+            included_trial_ids=study.unfinished_trial_ids,
+            trial_id_greater_than=study.last_finished_trial_id,
+        )
+        try:
+            reply = self._raw_get_trials(request)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                self.studies.pop(study_id, None)
+                raise KeyError from e
+            raise
+        for trial in self._decoder.trials_reply(reply):
+            self._add_trial_to_cache(study_id, trial)

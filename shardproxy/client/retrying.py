@@ -146,6 +146,13 @@ class RetryingStub:
                 assert name == "DeleteStudy"
                 method = self._delete_study(call)
             setattr(self, name, method)
+        # GetTrial and GetTrials with their replies as bytes, for `decoding`.
+        self.raw_get_trial = self._retried(channel.unary_unary(
+            "/optuna.StorageService/GetTrial",
+            request_serializer=api_pb2.GetTrialRequest.SerializeToString))
+        self.raw_get_trials = self._retried(channel.unary_unary(
+            "/optuna.StorageService/GetTrials",
+            request_serializer=api_pb2.GetTrialsRequest.SerializeToString))
 
     def _retried(self, call: Any) -> Callable[..., Any]:
         def method(request: Any) -> Any:
