@@ -97,7 +97,7 @@ def run_crowd(target: str, connections: int, active: int, study_ids: tuple[int, 
     ]
     for child in children:
         child.start()
-    reports = []
+    reports: list[CrowdReport] = []
     try:
         deadline = time.monotonic() + CONNECT_LIMIT + duration + 120
         while len(reports) < processes and time.monotonic() < deadline:

@@ -10,6 +10,7 @@ would when a firewall, a load balancer or a network failure drops it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import socket
 import struct
@@ -48,7 +49,7 @@ class Relay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._pairs.append((client, server))
-            ended = threading.Barrier(2, action=lambda c=client, s=server: self._close(c, s))
+            ended = threading.Barrier(2, action=functools.partial(self._close, client, server))
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, sink, ended),
                                  daemon=True).start()

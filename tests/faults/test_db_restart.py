@@ -21,86 +21,31 @@ so that the outages follow one another.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pytest
 
 from tests.databases import fresh_database
-from tests.faults import dbserver
-from tests.faults.harness import serve, worker_pids
-from tests.faults.trials import (
-    Audit,
-    acknowledged_after,
-    assert_nothing_lost,
-    audit,
-    client_processes,
-    first_ack_after,
-    stored_trials,
-    wait_for_progress,
-)
-from tests.proxies import proxy_client
-from tests.servers import server_log
+from tests.faults.cases import CaseRun, run_outage, shardproxy
+from tests.faults.trials import assert_nothing_lost
 
 pytestmark = pytest.mark.slow
 
-WORKERS = 4
-CLIENTS = 8
-STUDIES = [f"restart-{i}" for i in range(4)]
-WARM_UP = 2.0  # load before the outage
-AFTER = 4.0  # load after the database answers again
 LONG = os.environ.get("SHARDPROXY_LONG_FAULTS", "") not in ("", "0")
 # (outage seconds, --retry-deadline seconds)
 WITHIN_DEADLINE = (5.0, 60.0)
 PAST_DEADLINE = (30.0, 10.0) if LONG else (8.0, 2.0)
 
 
-@dataclass
-class OutageRun:
-    outage: dbserver.Outage
-    audit: Audit
-    reports: list
-    workers_before: dict[str, int]
-    workers_after: dict[str, int]
-    server_log: str
-
-    @property
-    def recovered_after(self) -> float | None:
-        """Seconds from the database answering again to the first trial acknowledged."""
-        return first_ack_after(self.reports, self.outage.up_at)
-
-
-def run_outage(url: str, backend: str, outage_seconds: float, deadline: float) -> OutageRun:
-    options = ("--retry-deadline", str(deadline))
-    with serve(url, workers=WORKERS, options=options) as (server, port):
-        with proxy_client(port) as setup:
-            for name in STUDIES:
-                optuna.create_study(study_name=name, storage=setup)
-        workers_before = worker_pids(server)
-        with client_processes(port, STUDIES, CLIENTS) as collect:
-            wait_for_progress(lambda: stored_trials(url) - CLIENTS)
-            time.sleep(WARM_UP)
-            outage = dbserver.outage(backend, outage_seconds)
-            time.sleep(AFTER)
-            reports = collect()
-        workers_after = worker_pids(server)
-        log = server_log(server)
-    return OutageRun(outage, audit(url, reports), reports, workers_before, workers_after, log)
-
-
-def describe(run: OutageRun) -> str:
-    failures = [(r.name, round(f.at - run.outage.down_at, 2), f.step, f.code, f.details)
-                for r in run.reports for f in r.failures]
-    return (f"outage {run.outage.seconds:.1f} s, recovered after {run.recovered_after} s, "
-            f"{run.audit.summary()}, lost {run.audit.lost}, left running {run.audit.running}, "
-            f"never acknowledged {run.audit.unacknowledged}, "
-            f"failures (s after the stop) {failures[:20]}\n"
-            "the server's errors:\n" + "\n".join(
-                line for line in run.server_log.splitlines()
-                if "COMMIT" in line or "ERROR" in line)[-6000:])
+def describe(run: CaseRun) -> str:
+    errors = "\n".join(line for line in run.log.splitlines()
+                       if "COMMIT" in line or "ERROR" in line)
+    return (f"outage {run.over_at - run.fault_at:.1f} s, recovered after "
+            f"{run.recovered_after} s, {run.audit.summary()}, lost {run.audit.lost}, "
+            f"left running {run.audit.running}, never acknowledged "
+            f"{run.audit.unacknowledged}, {run.failures_text()}\n"
+            f"the server's errors:\n{errors[-6000:]}")
 
 
 @pytest.fixture(params=["mariadb", "postgres"])
@@ -115,31 +60,60 @@ def database(backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 def test_outage_within_the_retry_deadline_fails_no_client(backend: str, database: str) -> None:
-    run = run_outage(database, backend, *WITHIN_DEADLINE)
+    seconds, deadline = WITHIN_DEADLINE
+    run = run_outage(shardproxy(("--retry-deadline", str(deadline))), database, backend, seconds)
     print(describe(run))
     assert run.audit.failures == {}, describe(run)
     assert_nothing_lost(run.audit)
-    assert run.workers_after == run.workers_before, "a worker was restarted"
-    stalled = [name for name, count in acknowledged_after(run.reports, run.outage.up_at).items()
-               if not count]
-    assert stalled == [], f"no progress after the outage: {stalled}"
+    assert run.processes_after == run.processes_before, "a worker was restarted"
+    assert run.stalled_clients() == [], "no progress after the outage"
 
 
 def test_outage_past_the_retry_deadline_is_unavailable_then_served(
     backend: str, database: str
 ) -> None:
-    outage_seconds, deadline = PAST_DEADLINE
-    run = run_outage(database, backend, outage_seconds, deadline)
+    seconds, deadline = PAST_DEADLINE
+    run = run_outage(shardproxy(("--retry-deadline", str(deadline))), database, backend, seconds)
     print(describe(run))
     assert run.audit.failures, "the outage outlasted the deadline, yet no call failed"
     assert set(run.audit.failures) == {"UNAVAILABLE"}, describe(run)
     # A call fails only once its deadline has passed inside the outage: none fails
     # later than a deadline after the database answers again.
     late = [f for r in run.reports for f in r.failures
-            if not run.outage.down_at < f.at < run.outage.up_at + deadline + 1.0]
+            if not run.fault_at < f.at < run.over_at + deadline + 1.0]
     assert late == [], describe(run)
+    assert run.processes_after == run.processes_before, "a worker was restarted"
+    assert run.stalled_clients() == [], "no progress after the outage"
+    if run.audit.lost or run.audit.running or run.audit.unacknowledged:
+        assert applied_though_unavailable(run), describe(run)
+        pytest.xfail(
+            "a write answered UNAVAILABLE had committed: its COMMIT reply was lost as the "
+            "database stopped, and past --retry-deadline the outcome is not settled")
     assert_nothing_lost(run.audit)
-    assert run.workers_after == run.workers_before, "a worker was restarted"
-    stalled = [name for name, count in acknowledged_after(run.reports, run.outage.up_at).items()
-               if not count]
-    assert stalled == [], f"no progress after the outage: {stalled}"
+
+
+def applied_though_unavailable(run: CaseRun) -> bool:
+    """Whether every departure from the audit is a write answered UNAVAILABLE that was
+    applied all the same, and nothing else.
+
+    A trial created so is RUNNING and known to no client (its client, told the
+    creation failed, created another); a parameter set so keeps its first value,
+    while its client, told it failed, suggested again (a new value, which the store
+    does not take: a trial's parameter is set once, as in RDBStorage). Everything
+    else must hold: numbers dense and unique, every acknowledged trial COMPLETE
+    with its value.
+    """
+    found = run.audit
+    creates_failed = sum(f.step == "create" for r in run.reports for f in r.failures)
+    suggest_failed = {r.name for r in run.reports if any(f.step == "suggest" for f in r.failures)}
+    client_of = {(a.study, a.number): r.name for r in run.reports for a in r.acknowledged}
+    orphans = {(study, number) for study, number, state in found.unacknowledged
+               if state == "RUNNING"}
+    return (
+        not found.duplicate_numbers and not found.gaps and found.abandoned == 0
+        and orphans == set(found.running) == {(s, n) for s, n, _ in found.unacknowledged}
+        and len(orphans) <= creates_failed
+        and all(stored is not None and stored[0] == "COMPLETE" and stored[1] == ack.value
+                and client_of[(ack.study, ack.number)] in suggest_failed
+                for ack, stored in found.lost)
+    )

@@ -191,7 +191,8 @@ class Audit:
 
     acknowledged: int = 0
     stored: int = 0
-    lost: list[Ack] = field(default_factory=list)  # acknowledged, not stored as told
+    # acknowledged, not stored as told: (ack, (state, value, params) stored or None)
+    lost: list[tuple[Ack, tuple | None]] = field(default_factory=list)
     duplicate_numbers: dict[str, list[int]] = field(default_factory=dict)
     gaps: dict[str, list[int]] = field(default_factory=dict)
     running: list[tuple[str, int]] = field(default_factory=list)
@@ -252,7 +253,9 @@ def audit(url: str, reports: list[Report]) -> Audit:
                 stored = by_number.get(number)
                 if (stored is None or stored.state != TrialState.COMPLETE
                         or stored.value != ack.value or stored.params.get("x") != ack.x):
-                    result.lost.append(ack)
+                    found = None if stored is None else (
+                        stored.state.name, stored.value, stored.params)
+                    result.lost.append((ack, found))
     finally:
         direct.engine.dispose()
     return result
