@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -88,6 +89,11 @@ _READS = frozenset(
     + [EXTENSION_INDEX["GetStaleTrialIds"], EXTENSION_INDEX["RecordHeartbeat"]]
 )
 _OPTUNA_METHODS = len(METHODS)
+# Not an RPC: a worker tells the others that a study id now names another study
+# (SQLite reuses a deleted study's id), so that they forget its trials. Negative, so
+# that no method index can ever take it.
+FORGET_STUDY = -1
+_STUDY_ID = struct.Struct("<q")
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -143,10 +149,29 @@ class Front:
 
         (0, reply bytes), or (status code, UTF-8 details) for the forwarding channel.
         """
+        if method_index == FORGET_STUDY:
+            self._router.forget_study(_STUDY_ID.unpack(request)[0])
+            return 0, b""
         try:
             return 0, self.handle(method_index, request)
         except StatusError as exc:
             return exc.code.value[0], exc.details.encode()
+
+    def study_replaced(self, study_id: int) -> None:
+        """The owner found `study_id` naming another study than before (see `cache`):
+        every worker forgets which trials were in it; a trial id is looked up again
+        on its next request. Best effort: a worker that cannot be told now is one
+        restarting, whose map starts empty."""
+        self._router.forget_study(study_id)
+        request = _STUDY_ID.pack(study_id)
+        for shard, forwarder in enumerate(self._forwarders):
+            if forwarder is None:
+                continue
+            try:
+                forwarder.call(FORGET_STUDY, request, self._forward_timeout)
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                _logger.warning("could not tell shard %d that study %d was replaced: %s",
+                                shard, study_id, exc)
 
     def whereabouts(self, method_index: int, request: bytes) -> tuple[int | None, int | None]:
         """For an access line: the request's study, and the shard it was forwarded to.

@@ -24,7 +24,7 @@ import pytest
 from optuna.storages import RDBStorage
 
 from tests.faults.harness import serve
-from tests.proxies import proxy_client
+from tests.proxies import proxy_client, running_workers
 
 WORKERS = 4
 CLIENTS = 6
@@ -80,3 +80,35 @@ def test_a_study_reusing_a_deleted_studys_id_is_served_as_itself(sqlite_url: str
         assert seen_by_fresh_clients(port, "T") == [[expected, expected]] * CLIENTS
         with proxy_client(port) as storage, pytest.raises(KeyError):
             optuna.load_study(study_name="S", storage=storage)
+
+
+def test_every_worker_forgets_the_trials_of_a_replaced_study(sqlite_url: str) -> None:
+    """Once the owner's sync finds the study replaced, no worker remembers S's trials."""
+    with running_workers(sqlite_url, workers=3) as workers, \
+            proxy_client(workers[0].config.port) as storage:
+        s = optuna.create_study(study_name="S", storage=storage)
+        s.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=5)
+        s_trial_ids = [trial._trial_id for trial in s.trials]
+        for worker in workers:  # every worker learns where each of S's trials is
+            for trial_id in s_trial_ids:
+                assert worker.router.study_of_trial(trial_id) == s._study_id
+
+        direct = RDBStorage(sqlite_url)
+        try:
+            optuna.delete_study(study_name="S", storage=direct)
+            t = optuna.create_study(study_name="T", storage=direct)
+            t.optimize(lambda trial: trial.suggest_float("y", 0, 1), n_trials=2)
+            t_trial_ids = {trial._trial_id for trial in t.get_trials()}
+        finally:
+            direct.engine.dispose()
+        assert t._study_id == s._study_id
+
+        # A read of T syncs its owner's cache, which finds S replaced. (Not through
+        # this client: Optuna's client keeps a cache of its own, keyed by study id.)
+        owner = workers[workers[0].router.owner_of(t._study_id)]
+        assert len(owner.caches.synced(t._study_id)) == 2
+        gone = [i for i in s_trial_ids if i not in t_trial_ids]
+        assert gone, "every id of S was reused"
+        remembered = {worker.router.shard_index: [worker.router.remembered_study_of(i)
+                                                  for i in gone] for worker in workers}
+        assert remembered == {w.router.shard_index: [None] * len(gone) for w in workers}
