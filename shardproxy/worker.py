@@ -109,7 +109,7 @@ class Worker:
             on_sync=metrics.cache_synced if metrics.exported else None,
             # SQLite hands out a deleted row's id again (see cache.py).
             ids_reused=driver_url(config.storage_url).get_backend_name() == "sqlite",
-            on_replaced=lambda study_id: self.router.forget_study(study_id),
+            on_replaced=lambda study_id: self.front.study_replaced(study_id),
         )
         self.service = Service(store, self.caches)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
