@@ -8,6 +8,7 @@ trial after every trial, which adds a GetTrials to each trial's RPCs.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -38,7 +39,12 @@ def make_storage(storage: str) -> Any:
 
     if storage.startswith(GRPC_PREFIX):
         host, _, port = storage[len(GRPC_PREFIX) :].rpartition(":")
-        proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        # BENCH_CLIENT=shardproxy: the workers use shardproxy.client instead of
+        # Optuna's client (its decoding and retries), to compare their load CPU.
+        kind = optuna.storages.GrpcStorageProxy
+        if os.environ.get("BENCH_CLIENT") == "shardproxy":
+            from shardproxy.client import GrpcStorageProxy as kind  # type: ignore[assignment]
+        proxy = kind(host=host, port=int(port))
         proxy.wait_server_ready(timeout=60)
         return proxy
     return optuna.storages.get_storage(storage)
