@@ -18,6 +18,19 @@ LOG_FORMATS = ("text", "json")
 MAX_REQUEST_BYTES = (1 << 31) - 1
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit:  # cgroup v2; "max": none
+            text = limit.read().strip()
+        if text.isdigit():
+            total = min(total, int(text))
+    except OSError:
+        pass  # no cgroup v2 limit to read
+    return total
+
+
 def usable_cores() -> int:
     """Cores this process may run on (honours taskset/cgroup affinity)."""
     try:
@@ -45,9 +58,11 @@ class Config:
     # How long a transient database error (restart, failover, deadlock) is retried
     # inside the proxy before the client sees UNAVAILABLE.
     retry_deadline: float = 60.0
-    # Cached trials per worker, summed over its studies; whole least-recently-used
-    # studies are evicted beyond it.
+    # Cached trials per worker, summed over its studies, and the cache's bytes for the
+    # whole instance, split evenly over the workers (0: a quarter of the machine's
+    # memory); whole least-recently-used studies are evicted beyond either.
     cache_max_trials: int = 2_000_000
+    cache_memory: int = 0
     # Seconds a stopping worker answers, and reports NOT_SERVING to health checks,
     # before it closes its port: load balancers stop sending first. Counted within
     # drain_timeout.
@@ -102,7 +117,8 @@ class Config:
         """Refuses settings no proxy could run with, naming the setting."""
         at_least = {
             "workers": 1, "threads": 1, "db_pool_size": 1, "max_batch": 1,
-            "port": 0, "standbys": 0, "cache_max_trials": 0, "commit_window": 0.0,
+            "port": 0, "standbys": 0, "cache_max_trials": 0, "cache_memory": 0,
+            "commit_window": 0.0,
             "sync_window": 0.0, "retry_deadline": 0.0, "drain_timeout": 0.0,
             "admin_port": 0, "watchdog_timeout": 0.0,
             "drain_delay": 0.0, "db_check_interval": 0.01, "db_down_after": 0.0,
@@ -132,6 +148,11 @@ class Config:
             raise ValueError(
                 f"log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
+
+    @property
+    def cache_bytes_per_worker(self) -> int:
+        total = self.cache_memory or machine_memory() // 4
+        return total // self.workers
 
     @property
     def tls(self) -> bool:

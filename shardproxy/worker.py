@@ -105,6 +105,7 @@ class Worker:
                 study_id, id_greater_than=id_greater_than, ids=ids
             ),
             config.cache_max_trials,
+            max_bytes=config.cache_bytes_per_worker,
             sync_window=config.sync_window,
             on_sync=metrics.cache_synced if metrics.exported else None,
             # SQLite hands out a deleted row's id again (see cache.py).

@@ -205,6 +205,33 @@ def test_least_recently_used_studies_are_evicted_past_the_limit() -> None:
     assert caches.cached_trials() == 8
 
 
+def test_least_recently_used_studies_are_evicted_past_the_memory_bound() -> None:
+    tables = {
+        study_id: {study_id * 10 + i: trial(study_id * 10 + i) for i in range(4)}
+        for study_id in (1, 2, 3)
+    }
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialRow]:
+        return [row for i, row in tables[study_id].items() if i > greater_than or i in ids]
+
+    one_study = StudyCaches(load, max_trials=100)
+    per_study = one_study.synced(1).memory_bytes
+    assert per_study > 4 * len(codec.encode_trial(trial(10)))  # encodings and their holders
+    # Room for two studies and a half: the third read evicts the least recently used.
+    caches = StudyCaches(load, max_trials=100, max_bytes=per_study * 5 // 2)
+    caches.synced(1)
+    caches.synced(2)
+    caches.synced(1)
+    caches.synced(3)
+
+    assert caches.holds(1) and caches.holds(3) and not caches.holds(2)
+    # A study bigger than the bound alone is still served, and then the only one cached.
+    alone = StudyCaches(load, max_trials=100, max_bytes=per_study // 2)
+    assert len(alone.synced(1)) == 4
+    alone.synced(2)
+    assert alone.holds(2) and not alone.holds(1)
+
+
 def test_the_collector_waits_while_a_study_is_first_read() -> None:
     import gc
 

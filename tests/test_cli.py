@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ from shardproxy.cli import main
         (["--db-check-interval", "0"], "db-check-interval must be at least 0.01, got 0.0"),
         (["--keepalive-timeout", "0"], "keepalive-timeout must be at least 0.001, got 0.0"),
         (["--drain-delay", "-1"], "drain-delay must be at least 0.0, got -1.0"),
+        (["--cache-memory=-1G"], "cache-memory must be at least 0, got -1073741824"),
+        (["--cache-memory", "much"], "not a size in bytes: 'much'"),
     ],
 )
 def test_serve_refuses_a_bad_setting_by_name_and_starts_nothing(
@@ -52,3 +55,12 @@ def test_the_python_api_refuses_the_same(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="standbys must be at least 0"):
         serve(f"sqlite:///{tmp_path}/db.sqlite", standbys=-1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cache_memory_is_split_over_the_workers() -> None:
+    from shardproxy.config import Config, machine_memory
+
+    assert Config(cache_memory=8 << 30, workers=4).cache_bytes_per_worker == 2 << 30
+    # Unset: a quarter of what this machine (or its cgroup) lets the process use.
+    assert Config(workers=2).cache_bytes_per_worker == machine_memory() // 4 // 2
+    assert 0 < machine_memory() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
