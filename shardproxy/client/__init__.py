@@ -130,12 +130,11 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
         self._channel = self._open_channel()
         self._support = ExtensionSupport()
         self._retrier = Retrier(self.retry_deadline, self.timeout)
-        self._stub = RetryingStub(  # type: ignore[assignment]  # the same methods
-            self._channel, self._retrier, self._support
-        )
+        self._retrying = RetryingStub(self._channel, self._retrier, self._support)
+        self._stub = self._retrying  # type: ignore[assignment]  # the same methods
         if DECODING_AVAILABLE:
             self._decoder = TrialDecoder()
-            self._cache = _DecodingCache(self._stub, self._decoder)
+            self._cache = _DecodingCache(self._retrying, self._decoder)
         else:
             self._cache = GrpcClientCache(self._stub)  # type: ignore[arg-type]
         self._record = self._channel.unary_unary(extension_path("RecordHeartbeat"))
@@ -157,7 +156,8 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for name in ("_support", "_retrier", "_record", "_stale", "_credentials", "_decoder"):
+        for name in ("_support", "_retrier", "_retrying", "_record", "_stale", "_credentials",
+                     "_decoder"):
             state.pop(name, None)
         if self._credentials is not None:
             # Channel credentials hold C state that cannot be pickled.
@@ -172,7 +172,7 @@ class GrpcStorageProxy(OptunaGrpcStorageProxy, BaseHeartbeat):
         if not DECODING_AVAILABLE:
             return super().get_trial(trial_id)
         try:
-            reply = self._stub.raw_get_trial(api_pb2.GetTrialRequest(trial_id=trial_id))
+            reply = self._retrying.raw_get_trial(api_pb2.GetTrialRequest(trial_id=trial_id))
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 raise KeyError from e
