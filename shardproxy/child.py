@@ -53,6 +53,12 @@ STANDBY_PROCESS_NAME = "shardproxy-idle"
 _PARENT_CHECK_INTERVAL = 1.0
 
 
+class BootFailure(Exception):
+    """A process cannot start, for a reason its message says in full: logged as one
+    line, without a traceback (every worker may fail alike: the database went away
+    between the start-up check and the workers' start)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """`module.function(*args, ...)`, imported only when called (in the child)."""
@@ -286,6 +292,9 @@ def _run_target(
             return 0  # stopped, or the supervisor left, before it was needed
         target(spec)
         code = 0
+    except BootFailure as exc:
+        _logger.error("%s failed to start: %s", spec.role, exc)
+        code = EXIT_BOOT_FAILURE
     except BaseException:
         ready = spec.shard_index >= 0 and spec.status.is_ready(spec.slot)
         _logger.exception("%s %s", spec.role, "failed" if ready else "failed to start")

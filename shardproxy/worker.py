@@ -33,7 +33,7 @@ import grpc
 
 from shardproxy import __version__, codec
 from shardproxy.cache import StudyCaches
-from shardproxy.child import WorkerSpec, name_process
+from shardproxy.child import BootFailure, WorkerSpec, name_process
 from shardproxy.config import Config
 from shardproxy.extension import ClientExtension
 from shardproxy.extension_wire import EXTENSION_SERVICE
@@ -305,7 +305,15 @@ def prepare(config: Config) -> Store:
     configure_logging(config.log_level, config.log_format)
     if config.admin_port:  # metrics are exported: count the store's statements
         count_statements()
-    return open_store(config)
+    try:
+        return open_store(config)
+    except Exception as exc:
+        from shardproxy.startup import describe_database_error
+
+        described = describe_database_error(exc, config.storage_url)
+        if described is None:
+            raise
+        raise BootFailure(described[1]) from exc
 
 
 def serve(config: Config, spec: WorkerSpec) -> None:

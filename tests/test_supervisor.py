@@ -416,6 +416,29 @@ def test_a_failing_prepare_is_a_boot_failure(
     assert "cannot reach the database" in capfd.readouterr().err  # the worker's own log
 
 
+def prepare_without_a_database() -> object:
+    """The real worker's prepare, against a database server that is not there."""
+    from shardproxy.config import Config
+    from shardproxy.worker import prepare
+
+    url = f"mysql+pymysql://root:secret@127.0.0.1:{ensure_port_free('127.0.0.1', 0)}/test"
+    return prepare(Config(storage_url=url, retry_deadline=0.5))
+
+
+def test_a_database_gone_at_boot_is_one_line_per_worker_without_a_traceback(
+    supervise: Callable[..., Running],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    running = supervise(line_server, prepare=prepare_without_a_database)
+    assert running.exit_code() == EXIT_BOOT_FAILURE
+    logged = capfd.readouterr().err
+    assert "failed to start: cannot reach the database server of mysql+pymysql://root:***@" in (
+        logged
+    )
+    assert "Traceback" not in logged
+    assert "secret" not in logged
+
+
 def test_sigterm_lets_a_request_in_flight_finish_then_exits_zero(
     supervise: Callable[..., Running], caplog: pytest.LogCaptureFixture
 ) -> None:
