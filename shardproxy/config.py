@@ -83,7 +83,8 @@ class Config:
     # client reconnects), so that connections spread over all workers again after a
     # worker restarts; calls in flight get max_connection_age_grace to finish.
     max_connection_age: float = 300.0
-    max_connection_age_grace: float = 60.0
+    # Above retry_deadline: a call waiting out a database restart must not be cut.
+    max_connection_age_grace: float = 90.0
     # The largest request accepted (larger ones get RESOURCE_EXHAUSTED); replies are
     # not limited.
     max_request_bytes: int = 64 << 20
