@@ -99,23 +99,28 @@ def test_beats_use_the_database_clock_and_rdbstorage_agrees_on_staleness(
         call(channel, "RecordHeartbeat", encode_heartbeat_request(trials[0]))
     beaten = heartbeats(url)
     assert sorted(beaten) == sorted(trials[0] for _, trials in studies)
-    rdb = RDBStorage(url, heartbeat_interval=1, grace_period=1)
+    # Seconds: well above the one-second steps of DATETIME columns and of SQLite's
+    # CURRENT_TIMESTAMP, so that a beat just written is never stale.
+    grace = 4
+    rdb = RDBStorage(url, heartbeat_interval=1, grace_period=grace)
+
+    def proxy_stale(study_id: int) -> list[int]:
+        return decode_stale_reply(
+            call(channel, "GetStaleTrialIds", encode_stale_request(study_id, float(grace)))
+        )
+
     try:
         for study_id, _ in studies:
-            assert decode_stale_reply(
-                call(channel, "GetStaleTrialIds", encode_stale_request(study_id, 1.0))
-            ) == []
+            assert proxy_stale(study_id) == []
             assert rdb._get_stale_trial_ids(study_id) == []
-        time.sleep(2.2)  # past the grace period, by any clock with a one-second step
+        time.sleep(grace + 1.5)  # past the grace period, by any clock with a one-second step
         for study_id, trials in studies:
-            stale = call(channel, "GetStaleTrialIds", encode_stale_request(study_id, 1.0))
             # The trial that never beat is not stale, as in RDBStorage.
-            assert decode_stale_reply(stale) == [trials[0]]
+            assert proxy_stale(study_id) == [trials[0]]
             assert rdb._get_stale_trial_ids(study_id) == [trials[0]]
             # A beat written by RDBStorage counts for the proxy, and the other way round.
             rdb.record_heartbeat(trials[0])
-            stale = call(channel, "GetStaleTrialIds", encode_stale_request(study_id, 1.0))
-            assert decode_stale_reply(stale) == []
+            assert proxy_stale(study_id) == []
         # A later beat moves the row's time on, by the database's clock.
         call(channel, "RecordHeartbeat", encode_heartbeat_request(studies[0][1][0]))
         assert heartbeats(url)[studies[0][1][0]] >= beaten[studies[0][1][0]]  # type: ignore[operator]
