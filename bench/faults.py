@@ -41,20 +41,40 @@ RESULTS = Path(__file__).parent / "results"
 CASES = ("restart", "past-deadline", "cuts", "kill", "reuse", "crowd")
 
 
+def kind_of(row: dict[str, Any]) -> str:
+    """Which of CASES a row is of."""
+    case = row["case"]
+    if case.startswith("restart"):
+        return "past-deadline" if "deadline" in case else "restart"
+    if case.startswith("connections cut"):
+        return "cuts"
+    if case.startswith("worker"):
+        return "kill"
+    if case.startswith("study id"):
+        return "reuse"
+    return "crowd"
+
+
 def load() -> str:
     return os.getloadavg().__repr__()
 
 
 def case_row(case: str, db: str, system: str, run: CaseRun, **extra: Any) -> dict[str, Any]:
     summary = run.audit.summary()
+    # An acknowledged trial stored COMPLETE with its value but another `x`: the
+    # client's first SetTrialParameter was answered with an error yet applied, and
+    # its retry (a new suggestion) was not taken, a trial's parameter being set once.
+    other_param = sum(found is not None and found[:2] == ("COMPLETE", ack.value)
+                      for ack, found in run.audit.lost)
     return {
         "case": case, "db": db, "system": system,
         "fault_seconds": round(run.over_at - run.fault_at, 1),
         "acknowledged": summary["acknowledged"],
         "client_exceptions": summary["client_exceptions"],
-        "lost": summary["lost"],
+        "lost": summary["lost"] - other_param,
         "duplicate_numbers": summary["duplicate_numbers"] + summary["gaps"],
         "written_unacknowledged": summary["unacknowledged_trials"],
+        "param_applied_though_failed": other_param,
         "left_running": summary["left_running"],
         "recovered_s": None if run.recovered_after is None else round(run.recovered_after, 2),
         "restarted_processes": sorted(n for n, pid in run.processes_before.items()
@@ -176,13 +196,16 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         "the stock proxy (`run_grpc_proxy_server`) in its one process. Every failed step "
         "is retried by the client (`tests/faults/trials.py`), so a client exception is a "
         "call that failed, not a client that stopped. *lost*: acknowledged, not stored as "
-        "acknowledged; *dup/gap*: trial numbers repeated or missing; *unacked writes*: "
+        "acknowledged; *dup/gap*: trial numbers repeated or missing; *unacked trials*: "
         "trials stored that no client was told of (a create answered with an error that "
-        "had been applied, or applied twice); *running*: left RUNNING; *recovered*: "
-        "seconds from the end of the fault to the next acknowledged trial.", "",
+        "had been applied, or applied twice); *param of a failed call*: a "
+        "SetTrialParameter answered with an error that had been applied (the client "
+        "suggested again; a trial's parameter is set once, as in RDBStorage, so the "
+        "first value stayed); *running*: left RUNNING; *recovered*: seconds from the "
+        "end of the fault to the next acknowledged trial.", "",
         "| case | db | proxy | fault s | acked | client exceptions | lost | dup/gap "
-        "| unacked writes | running | recovered s | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| unacked trials | param of a failed call | running | recovered s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "acknowledged" not in row:
@@ -195,7 +218,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
             f"| {row['case']} | {row['db']} | {row['system']} | {row['fault_seconds']} "
             f"| {row['acknowledged']} | {exceptions} | {row['lost']} "
             f"| {row['duplicate_numbers']} | {row['written_unacknowledged']} "
-            f"| {row['left_running']} | {row['recovered_s']} | {notes or ''} |")
+            f"| {row.get('param_applied_though_failed', 0)} | {row['left_running']} "
+            f"| {row['recovered_s']} | {notes or ''} |")
     for row in rows:
         if "error" in row:
             lines.append(f"\n{row['case']} on {row['db']} with {row['system']} did not run: "
@@ -240,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--active", type=int, default=2000)
     parser.add_argument("--crowd-seconds", type=float, default=10.0)
     parser.add_argument("--out", default=str(RESULTS / "faults"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of OUT.json this run does not redo")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -261,6 +287,14 @@ def main(argv: list[str] | None = None) -> None:
             print("   ", rows[-1], flush=True)
     command = "python -m bench.faults " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
+    if args.update and out.with_suffix(".json").exists():
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        redone = {(kind_of(r), r["db"], r["system"]) for r in rows}
+        rows = [r for r in earlier["rows"]
+                if (kind_of(r), r["db"], r["system"]) not in redone] + rows
+        rows.sort(key=lambda r: (CASES.index(kind_of(r)) >= CASES.index("reuse"), r["db"],
+                                 CASES.index(kind_of(r)), r["system"] != "shardproxy"))
+        command = f"{earlier['command']}; {command.strip()} --update"
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command.strip(), "seconds": round(time.monotonic() - started),
          "rows": rows}, indent=1, default=str))
