@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="its port [env SHARDPROXY_PORT; default: %(default)s]")
     check.add_argument("--timeout", type=float, default=5.0,
                        help="seconds to wait for the answer [default: %(default)s]")
+    check.add_argument("--tls-ca", default="", metavar="FILE",
+                       help="ask over TLS, trusting these PEM CA certificates (a server "
+                       "started with --tls-cert) [default: plaintext]")
+    check.add_argument("--tls-client-cert", default="", metavar="FILE",
+                       help="with --tls-ca: this PEM client certificate, for a server "
+                       "started with --tls-client-ca")
+    check.add_argument("--tls-client-key", default="", metavar="FILE",
+                       help="the private key of --tls-client-cert")
     check.add_argument("--service", default="",
                        help="the service to ask about: '' for the whole worker, or "
                        "optuna.StorageService [default: '']")
@@ -200,8 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         from shardproxy.health import check_health
+        from shardproxy.tls import channel_credentials
 
-        serving, line = check_health(args.host, args.port, args.timeout, args.service)
+        credentials = None
+        if args.tls_ca:
+            credentials = channel_credentials(
+                args.tls_ca, args.tls_client_cert, args.tls_client_key
+            )
+        serving, line = check_health(args.host, args.port, args.timeout, args.service,
+                                     credentials)
         print(line)
         return 0 if serving else 1
     if args.command == "demo":

@@ -121,11 +121,21 @@ class Health:
 
 
 def check_health(
-    host: str, port: int, timeout: float, service: str = health.OVERALL_HEALTH
+    host: str,
+    port: int,
+    timeout: float,
+    service: str = health.OVERALL_HEALTH,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> tuple[bool, str]:
-    """(serving, one line saying what was found) from `host:port`'s health service."""
+    """(serving, one line saying what was found) from `host:port`'s health service;
+    over TLS with `credentials`."""
     target = grpc_address(_dialable(host), port)
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        else grpc.secure_channel(target, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

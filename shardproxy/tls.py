@@ -34,3 +34,13 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
         root_certificates=Path(client_ca).read_bytes(),
         require_client_auth=True,
     )
+
+
+def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
+    """A client's TLS: trusting the CA certificates `ca`, with a client certificate
+    and its key for mutual TLS when given (`shardproxy check`)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )

@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.storages import GrpcStorageProxy as OptunaClient
 
+from shardproxy.cli import main
 from shardproxy.client import GrpcStorageProxy
 from shardproxy.config import Config
 from tests.proxies import free_port, running_workers
@@ -106,6 +107,17 @@ def test_mutual_tls_serves_only_clients_the_ca_signed(mutual_tls: int, certs: Pa
         assert len(study.trials) == 4
     finally:
         storage.close()
+
+
+def test_shardproxy_check_asks_over_mutual_tls(
+    mutual_tls: int, certs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["check", "--host", "localhost", "--port", str(mutual_tls), "--timeout", "5"]
+    assert main(base) == 1  # plaintext
+    assert main([*base, "--tls-ca", str(certs / "ca.pem")]) == 1  # no client certificate
+    assert main([*base, "--tls-ca", str(certs / "ca.pem"), "--tls-client-cert",
+                 str(certs / "client.pem"), "--tls-client-key", str(certs / "client.key")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("SERVING")
 
 
 def test_tls_with_a_plaintext_port_beside_it(sqlite_url: str, certs: Path) -> None:
