@@ -186,12 +186,17 @@ def crowd_case(system: str, proxy: Proxy, connections: int, active: int,
     }
 
 
+def load_range(rows: list[dict[str, Any]]) -> str:
+    loads = [float(r["load"].strip("()").split(",")[0]) for r in rows if r.get("load")]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
+
+
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "# Faults: what Optuna clients saw", "",
-        f"`{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"load average at the start {rows[0].get('load', '') if rows else ''} (2 shared cores).",
-        "",
+        f"`{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; the 1-minute load "
+        f"average was {load_range(rows)} as the cases ran (2 cores, shared with other "
+        "work: compare counts, not times).", "",
         "8 unmodified Optuna client processes, 4 studies; shardproxy with 4 workers, "
         "the stock proxy (`run_grpc_proxy_server`) in its one process. Every failed step "
         "is retried by the client (`tests/faults/trials.py`), so a client exception is a "
@@ -240,7 +245,9 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         lines += ["", "## Many connections (MariaDB)", "",
                   "4 client processes open every connection at once (one channel each), "
                   "then the load generator's virtual workers (RandomSampler, the RPCs of "
-                  "`GrpcStorageProxy`) run trials on some of them while the rest stay idle.",
+                  "`GrpcStorageProxy`) run trials on some of them while the rest stay idle. "
+                  "A trial is 6 RPCs; on two busy cores each running worker finished about "
+                  "one in the 10 s, so every latency below is mostly queueing.",
                   "", "| proxy | case | opened | refused | connect s | RPC errors | trials "
                   "| died | peak RSS MiB | p50 / p99 ms by method |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                 if (kind_of(r), r["db"], r["system"]) not in redone] + rows
         rows.sort(key=lambda r: (CASES.index(kind_of(r)) >= CASES.index("reuse"), r["db"],
                                  CASES.index(kind_of(r)), r["system"] != "shardproxy"))
-        command = f"{earlier['command']}; {command.strip()} --update"
+        command = f"{earlier['command']}; {command.strip()}"
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command.strip(), "seconds": round(time.monotonic() - started),
          "rows": rows}, indent=1, default=str))
