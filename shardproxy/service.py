@@ -129,8 +129,7 @@ class Service:
         return codec.encode_trial_reply(encoded)
 
     def _get_trials(self, study_id: int, included_ids: list[int], id_greater_than: int) -> bytes:
-        cache = self._caches.synced(study_id)
-        return codec.encode_trials_reply(cache.trials_bytes(included_ids, id_greater_than))
+        return self._caches.synced(study_id).trials_reply(included_ids, id_greater_than)
 
 
 def _snake_case(name: str) -> str:

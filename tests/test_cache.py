@@ -283,3 +283,111 @@ def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_wa
         assert not gc.isenabled()  # not turned on by a pause that found it off
     finally:
         gc.enable()
+
+
+# -- packed finished trials ------------------------------------------------------------
+
+
+def reply_ids(reply: bytes) -> list[int]:
+    message = api_pb2.GetTrialsReply()
+    message.ParseFromString(reply)
+    return [t.trial_id for t in message.trials]
+
+
+def test_a_large_study_is_packed_and_its_reply_equals_one_built_trial_by_trial() -> None:
+    from shardproxy.cache import APPLY_CHUNK, PACK_AFTER
+
+    table = Table()
+    size = 2 * APPLY_CHUNK + 100  # a few chunks, the last one partial
+    for trial_id in range(1, size + 1):
+        table.put(trial(trial_id, value=float(trial_id)))
+    table.put(trial(size + 1, RUNNING))
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+
+    assert len(cache) == size + 1
+    # Packed but for the last chunk's few (fewer than are packed at once).
+    assert len(cache._packed) == 2 * APPLY_CHUNK > size - PACK_AFTER  # noqa: SLF001
+    expected = [codec.encode_trial(table.rows[i]) for i in sorted(table.rows)]
+    assert cache.trials_reply([], -1) == codec.encode_trials_reply(expected)
+    assert cache.trials_bytes([], -1) == expected
+    assert cache.encoded_bytes >= sum(map(len, expected))
+    assert cache.trial_bytes(5000) == codec.encode_trial(table.rows[5000])
+    assert cache.finished_trial_bytes(size + 1) is None
+    # A delta read: a few listed older trials, and those above an id.
+    reply = cache.trials_reply([size + 1, 3, 4097, 10**9], id_greater_than=size - 2)
+    assert reply_ids(reply) == [3, 4097, size - 1, size, size + 1]
+
+
+def test_trials_that_finish_out_of_order_are_served_in_id_order() -> None:
+    """A trial with a lower id may finish after many with higher ids: each is
+    inserted where its id belongs, whether still held on its own or packed."""
+    from shardproxy.cache import PACK_AFTER
+
+    table = Table()
+    cache = StudyCache(STUDY, table.load_trials)
+    running: set[int] = set()
+    next_id = 1
+    for round_ in range(40):
+        for _ in range(PACK_AFTER // 3):  # new trials, every fifth left running a while
+            table.put(trial(next_id, RUNNING if next_id % 5 == 0 else COMPLETE))
+            if next_id % 5 == 0:
+                running.add(next_id)
+            next_id += 1
+        for trial_id in sorted(running):  # the oldest running ones finish now
+            if trial_id < next_id - (round_ % 7) * 20:
+                table.put(trial(trial_id, COMPLETE, value=1.5))
+                running.discard(trial_id)
+        cache.sync()
+        expected = [codec.encode_trial(table.rows[i]) for i in sorted(table.rows)]
+        assert cache.trials_reply([], -1) == codec.encode_trials_reply(expected)
+        middle = next_id // 2
+        assert reply_ids(cache.trials_reply(sorted(running), middle)) == sorted(
+            {i for i in running if i <= middle} | {i for i in table.rows if i > middle})
+    assert len(cache._packed) > PACK_AFTER  # noqa: SLF001
+    assert all(cache.finished_trial_bytes(i) == codec.encode_trial(table.rows[i])
+               for i in table.rows if i not in running)
+
+
+def test_a_sync_drops_the_rows_it_has_added() -> None:
+    """The rows the store returned are let go a chunk at a time, as they are added."""
+    from shardproxy.cache import APPLY_CHUNK
+
+    table = Table()
+    for trial_id in range(1, 2 * APPLY_CHUNK + 2):
+        table.put(trial(trial_id))
+    returned: list[list[TrialRow]] = []
+    lengths: list[int] = []
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialRow]:
+        rows = table.load_trials(study_id, greater_than, ids)
+        returned.append(rows)
+        return rows
+
+    cache = StudyCache(STUDY, load)
+    apply_chunk = cache._apply_chunk  # noqa: SLF001
+
+    def watched(rows: list[TrialRow]) -> None:
+        lengths.append(len(returned[0]))  # what is still held of the store's list
+        apply_chunk(rows)
+
+    cache._apply_chunk = watched  # type: ignore[method-assign]  # noqa: SLF001
+    cache.sync()
+    assert lengths == [APPLY_CHUNK + 1, 1, 0]
+    assert len(cache) == 2 * APPLY_CHUNK + 1
+
+
+def test_memory_counts_packed_trials_at_less_than_ones_held_alone() -> None:
+    from shardproxy.cache import LOOSE_TRIAL_OVERHEAD, PACK_AFTER, TRIAL_OVERHEAD
+
+    table = Table()
+    for trial_id in range(1, PACK_AFTER + 1):
+        table.put(trial(trial_id))
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+    assert TRIAL_OVERHEAD < LOOSE_TRIAL_OVERHEAD
+    assert cache.memory_bytes == cache.encoded_bytes + PACK_AFTER * TRIAL_OVERHEAD
+    table.put(trial(PACK_AFTER + 1, RUNNING))
+    cache.sync()
+    assert cache.memory_bytes == (cache.encoded_bytes + PACK_AFTER * TRIAL_OVERHEAD
+                                  + LOOSE_TRIAL_OVERHEAD)
