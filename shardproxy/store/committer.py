@@ -15,6 +15,12 @@ Failures:
   again, the committer asks the database whether the batch's own rows are there
   (the trial ids it created, the states it set); if they are, it committed and
   its results are answered as they are.
+- An outcome still unknown when the retry deadline passes (the database went away
+  with the COMMIT's reply and has not answered since) is not answered with an
+  error: the batch may have committed, and a client told UNAVAILABLE would take
+  its write for not applied. The committer keeps asking (and, for a batch without
+  a witness, whose writes repeat with the same outcome, keeps repeating it) until
+  the database answers, or the store closes.
 - A batch that fails for a reason that is not transient (a value the database
   refuses, say) is re-run one operation per transaction, so that the failure
   lands only on the operation that caused it.
@@ -107,6 +113,8 @@ class GroupCommitter:
         self._queue: deque[_Pending] = deque()
         self._wakeup = threading.Condition()
         self._closed = False
+        # The attempt of the running batch whose COMMIT failed with its outcome unknown.
+        self._unsettled: Applied | None = None
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
         self._thread.start()
@@ -177,13 +185,37 @@ class GroupCommitter:
 
         observer = commit_observer
         started = time.monotonic() if observer is not None else 0.0
+        self._unsettled = None
         try:
-            return with_retries(
-                lambda: self._attempt(operations), self._retry_deadline, on_retry=say_retrying
-            )
+            while True:
+                try:
+                    return with_retries(lambda: self._settle_or_attempt(operations),
+                                        self._retry_deadline, on_retry=say_retrying)
+                except sqlalchemy.exc.DBAPIError as exc:
+                    if self._unsettled is None or self._closed or not is_transient(exc):
+                        raise
+                    _logger.warning("batch of %d: its COMMIT may have been applied; waiting "
+                                    "for the database past the retry deadline to know",
+                                    len(batch))
         finally:
+            self._unsettled = None
             if observer is not None:
                 observer(len(operations), time.monotonic() - started)
+
+    def _settle_or_attempt(self, operations: list[Operation]) -> list[Any]:
+        """The outcome of an earlier attempt whose COMMIT failed, if it committed; else
+        a new attempt."""
+        unsettled = self._unsettled
+        if unsettled is not None and not unsettled.witness.is_empty():
+            if self._commit_check(unsettled.witness):  # transient errors: retried
+                self._unsettled = None
+                unsettled.on_commit()
+                return unsettled.results
+            self._unsettled = None  # it did not commit
+        # A batch without a witness stays unsettled until a repeat commits.
+        results = self._attempt(operations)
+        self._unsettled = None
+        return results
 
     def _attempt(self, operations: list[Operation]) -> list[Any]:
         conn = self._connection()
@@ -207,9 +239,16 @@ class GroupCommitter:
             transaction.commit()
         except sqlalchemy.exc.DBAPIError as exc:
             self._abandon(conn, exc)
-            if is_transient(exc) and self._may_have_committed(exc, applied.witness):
-                applied.on_commit()
-                return applied.results
+            if is_transient(exc) and self._engine.dialect.name != "sqlite":
+                # Unknown until settled: a check that fails leaves it so, and the
+                # next attempt asks again before it runs anything.
+                self._unsettled = applied
+                if self._may_have_committed(exc, applied.witness):
+                    self._unsettled = None
+                    applied.on_commit()
+                    return applied.results
+                if not applied.witness.is_empty():
+                    self._unsettled = None  # checked: it did not commit
             raise
         applied.on_commit()
         return applied.results
