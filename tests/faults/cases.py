@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import grpc
 import optuna
+from optuna.storages import GrpcStorageProxy
 
 from tests.faults import dbserver
 from tests.faults.harness import serve, worker_pids
@@ -120,16 +122,41 @@ def run_case(
     return CaseRun(audit(audit_url, reports), reports, began, ended, before, after, log)
 
 
-def database_outage(backend: str, seconds: float) -> Callable[[Running], tuple[float, float]]:
-    def fault(_: Running) -> tuple[float, float]:
-        outage = dbserver.outage(backend, seconds)
-        return outage.down_at, outage.up_at
-    return fault
+def unavailable_probe(running: Running) -> int:
+    """1 if a read sent while the database is down is answered UNAVAILABLE, else 0.
+
+    The clients' own calls may all be writes whose COMMIT was cut by the outage, and
+    those wait until their outcome is known: a read shows what a call gets."""
+    storage = GrpcStorageProxy(host="127.0.0.1", port=running.port)
+    try:
+        storage.get_all_studies()
+        return 0
+    except grpc.RpcError as exc:
+        return int(exc.code() == grpc.StatusCode.UNAVAILABLE)
+    finally:
+        storage.close()
 
 
-def run_outage(proxy: Proxy, url: str, backend: str, seconds: float) -> CaseRun:
-    """The database server stopped for `seconds` (its restart included) under load."""
-    return run_case(proxy, url, url, database_outage(backend, seconds))
+def run_outage(
+    proxy: Proxy, url: str, backend: str, seconds: float, probe: bool = False
+) -> CaseRun:
+    """The database server stopped for `seconds` (its restart included) under load;
+    with `probe`, a read is sent once it is down (`notes["probe_unavailable"]`)."""
+    probed: list[int] = []
+
+    def fault(running: Running) -> tuple[float, float]:
+        with dbserver.server_down(backend) as down:
+            if probe:
+                probed.append(unavailable_probe(running))
+            remaining = seconds - (time.monotonic() - down.down_at)
+            if remaining > 0:
+                time.sleep(remaining)
+        return down.down_at, down.up_at
+
+    run = run_case(proxy, url, url, fault)
+    if probed:
+        run.notes["probe_unavailable"] = probed[0]
+    return run
 
 
 def run_cuts(proxy: Proxy, url: str, seconds: float, seed: int = 13) -> CaseRun:

@@ -6,9 +6,12 @@ starts it again (in a `finally`: the server is restored whatever happens).
 
 - Within `--retry-deadline`: no client sees an exception at all; their calls wait
   for the database and complete.
-- Past a shortened `--retry-deadline`: clients are answered UNAVAILABLE (nothing
-  else, INTERNAL least of all), and a call so answered wrote nothing; once the
-  database is back the same worker processes serve again, without a restart.
+- Past a shortened `--retry-deadline`: calls are answered UNAVAILABLE (nothing
+  else, INTERNAL least of all; a read the test sends in the outage shows it, since
+  the clients' own calls may all be writes of the next kind), and a call so
+  answered wrote nothing: a write whose COMMIT the outage cut is answered only
+  once its outcome is known. Once the database is back the same worker processes
+  serve again, without a restart.
 
 Afterwards, in both cases: every trial a client saw acknowledged is stored as
 acknowledged, numbers are unique and dense, no trial is left RUNNING, and no
@@ -73,10 +76,11 @@ def test_outage_past_the_retry_deadline_is_unavailable_then_served(
     backend: str, database: str
 ) -> None:
     seconds, deadline = PAST_DEADLINE
-    run = run_outage(shardproxy(("--retry-deadline", str(deadline))), database, backend, seconds)
+    run = run_outage(shardproxy(("--retry-deadline", str(deadline))), database, backend, seconds,
+                     probe=True)
     print(describe(run))
-    assert run.audit.failures, "the outage outlasted the deadline, yet no call failed"
-    assert set(run.audit.failures) == {"UNAVAILABLE"}, describe(run)
+    assert run.notes["probe_unavailable"] == 1, "a read in the outage was not UNAVAILABLE"
+    assert set(run.audit.failures) <= {"UNAVAILABLE"}, describe(run)
     # A call fails only once its deadline has passed inside the outage: none fails
     # later than a deadline after the database answers again.
     late = [f for r in run.reports for f in r.failures
@@ -84,36 +88,6 @@ def test_outage_past_the_retry_deadline_is_unavailable_then_served(
     assert late == [], describe(run)
     assert run.processes_after == run.processes_before, "a worker was restarted"
     assert run.stalled_clients() == [], "no progress after the outage"
-    if run.audit.lost or run.audit.running or run.audit.unacknowledged:
-        assert applied_though_unavailable(run), describe(run)
-        pytest.xfail(
-            "a write answered UNAVAILABLE had committed: its COMMIT reply was lost as the "
-            "database stopped, and past --retry-deadline the outcome is not settled")
+    # Nothing half-applied: a write answered UNAVAILABLE wrote nothing, and one whose
+    # COMMIT's outcome was unknown at the deadline was not answered until it was known.
     assert_nothing_lost(run.audit)
-
-
-def applied_though_unavailable(run: CaseRun) -> bool:
-    """Whether every departure from the audit is a write answered UNAVAILABLE that was
-    applied all the same, and nothing else.
-
-    A trial created so is RUNNING and known to no client (its client, told the
-    creation failed, created another); a parameter set so keeps its first value,
-    while its client, told it failed, suggested again (a new value, which the store
-    does not take: a trial's parameter is set once, as in RDBStorage). Everything
-    else must hold: numbers dense and unique, every acknowledged trial COMPLETE
-    with its value.
-    """
-    found = run.audit
-    creates_failed = sum(f.step == "create" for r in run.reports for f in r.failures)
-    suggest_failed = {r.name for r in run.reports if any(f.step == "suggest" for f in r.failures)}
-    client_of = {(a.study, a.number): r.name for r in run.reports for a in r.acknowledged}
-    orphans = {(study, number) for study, number, state in found.unacknowledged
-               if state == "RUNNING"}
-    return (
-        not found.duplicate_numbers and not found.gaps and found.abandoned == 0
-        and orphans == set(found.running) == {(s, n) for s, n, _ in found.unacknowledged}
-        and len(orphans) <= creates_failed
-        and all(stored is not None and stored[0] == "COMPLETE" and stored[1] == ack.value
-                and client_of[(ack.study, ack.number)] in suggest_failed
-                for ack, stored in found.lost)
-    )
