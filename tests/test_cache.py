@@ -391,3 +391,25 @@ def test_memory_counts_packed_trials_at_less_than_ones_held_alone() -> None:
     cache.sync()
     assert cache.memory_bytes == (cache.encoded_bytes + PACK_AFTER * TRIAL_OVERHEAD
                                   + LOOSE_TRIAL_OVERHEAD)
+
+
+def test_only_a_large_sync_settles_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first read of a large study ends with its transients' memory let go (a full
+    collection among others); a small delta pays nothing of it."""
+    from shardproxy.cache import APPLY_CHUNK
+
+    table = Table()
+    for trial_id in range(1, APPLY_CHUNK + 1):
+        table.put(trial(trial_id))
+    collections: list[int] = []
+    monkeypatch.setattr("shardproxy.cache.gc.collect", lambda: collections.append(1) or 0)
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+    assert collections == [1]
+    before = cache.trials_reply([], -1)
+    table.put(trial(APPLY_CHUNK + 1))
+    cache.sync()
+    assert collections == [1]
+    assert cache.trials_reply([], APPLY_CHUNK) == codec.encode_trials_reply(
+        [codec.encode_trial(table.rows[APPLY_CHUNK + 1])])
+    assert cache.trials_reply([], -1).startswith(before)  # the settled cache serves as before
