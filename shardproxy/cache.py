@@ -3,8 +3,8 @@
 A study's cache holds its trials by id. A finished trial never changes, so its
 encoded `Trial` bytes are built once and reused by every GetTrials/GetTrial reply;
 an unfinished trial is re-encoded only when a sync finds its row changed. Finished
-trials are packed into a few large blobs (`packed_trials`), a few hundred at a
-time: until then, and while unfinished, a trial is held on its own.
+trials are packed into a few large blobs (`packed_trials`) once PACK_AFTER of them
+have gathered: until then, and while unfinished, a trial is held on its own.
 
 A sync adds what it read a chunk of rows at a time, dropping each chunk's rows
 once they are encoded: a first read of a large study then holds one chunk's
@@ -320,6 +320,7 @@ class StudyCache:
         _trim_c_heap()
 
     def _refresh_now(self) -> int:
+        """Reads the delta and adds it; how many rows it read."""
         rows, witness = self._fetch_delta()
         if witness is not None and not witness.still_holds(
             next((row for row in rows if row.trial_id == witness.trial_id), None)
