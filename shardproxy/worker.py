@@ -20,6 +20,7 @@ when a reload replaced it, lets its clients go before it drains (`handover`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -333,6 +334,10 @@ def serve(config: Config, spec: WorkerSpec) -> None:
     if config.fault_hooks:
         signal.signal(signal.SIGUSR2, lambda signum, frame: worker.block_handlers())
     worker.start()
+    # What start-up built lives as long as the process: out of the collector's way,
+    # so that a full collection (one runs after a study's first read, see `cache`)
+    # walks the trials and requests, not the imported modules and the engine.
+    gc.freeze()
     spec.notify_ready()
     if pinger is not None:
         pinger.start()
