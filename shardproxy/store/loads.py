@@ -73,6 +73,10 @@ class SyncMark(NamedTuple):
     xmax: int
 
 
+# Trials from which a read counts as large (a first read of a study, mostly).
+LARGE_LOAD = 4096
+
+
 class Loaded(NamedTuple):
     rows: list[TrialRow]
     mark: SyncMark | None
@@ -107,6 +111,11 @@ def load_trials(
         rows.extend(_assemble(loads.ids.execute(conn, {"sid": study_id, "ids": list(part)}))[0])
     if len(parts) > 1:
         rows.sort(key=lambda row: row.trial_id)
+    if len(rows) >= LARGE_LOAD and conn.dialect.name in ("mysql", "mariadb"):
+        # PyMySQL keeps a connection's last result set (here every row of a large
+        # read, a kilobyte per trial) until the connection's next query, which may
+        # be minutes away for a pooled connection: one trivial query lets it go now.
+        conn.exec_driver_sql("SELECT 1")
     return Loaded(rows, mark)
 
 

@@ -120,3 +120,21 @@ def test_a_trial_committed_after_newer_ids_were_seen_is_found(
     finally:
         writer.dispose()
         store.close()
+
+
+def test_a_large_read_leaves_no_rows_with_mysqls_driver(mariadb_url: str) -> None:
+    from bench.databases import create_studies, prefill
+    from shardproxy.store import loads
+
+    study_id = create_studies(mariadb_url, ["large"])[0]
+    prefill(mariadb_url, study_id, loads.LARGE_LOAD, ["x"])
+    engine = sqlalchemy.create_engine(mariadb_url, poolclass=sqlalchemy.pool.StaticPool)
+    try:
+        with engine.connect() as conn:
+            rows, _ = loads.load_trials(conn, study_id, -1, ())
+            assert len(rows) == loads.LARGE_LOAD
+            # PyMySQL's connection holds its last result set: one row, not the read's.
+            held = conn.connection.dbapi_connection._result  # type: ignore[union-attr]
+            assert held is not None and len(held.rows) == 1
+    finally:
+        engine.dispose()
