@@ -43,17 +43,16 @@ never waits.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import math
 import threading
 import time
 from bisect import bisect_right, insort
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple
 
 from shardproxy import codec
+from shardproxy.heap import collector_paused, trim_c_heap
 from shardproxy.packed_trials import Buffer, PackedTrials
 from shardproxy.rows import TrialRow
 
@@ -294,7 +293,7 @@ class StudyCache:
         # collector would walk them again and again as they pile up (a third of the
         # CPU of a first read of 100 000 trials): it waits until they are built.
         first_read = self._max_id < 0
-        with _collector_paused() if first_read else contextlib.nullcontext():
+        with collector_paused() if first_read else contextlib.nullcontext():
             added = self._refresh_now()
         if added >= APPLY_CHUNK:
             self._settle()
@@ -317,7 +316,7 @@ class StudyCache:
             self._recent = dict(self._recent)
             self._loose_ids = list(self._loose_ids)
         gc.collect()
-        _trim_c_heap()
+        trim_c_heap()
 
     def _refresh_now(self) -> int:
         """Reads the delta and adds it; how many rows it read."""
@@ -427,124 +426,3 @@ def _same_row(old: TrialRow, new: TrialRow) -> bool:
 
 def _without_nan(steps: list[tuple[int, float]]) -> list[tuple[int, float | None]]:
     return [(step, None if math.isnan(value) else value) for step, value in steps]
-
-
-class StudyCaches:
-    """The caches of the studies this process owns, bounded in total trials and bytes.
-
-    Beyond `max_trials` trials or `max_bytes` bytes (`StudyCache.memory_bytes`),
-    whole least-recently-used studies are dropped; a dropped study is simply loaded
-    again in full on its next read.
-    """
-
-    def __init__(
-        self,
-        load_trials: LoadTrials,
-        max_trials: int,
-        max_bytes: int | None = None,
-        sync_window: float = 0.0,
-        on_sync: OnSync = None,
-        ids_reused: bool = False,
-        on_replaced: OnReplaced = None,
-    ) -> None:
-        """`ids_reused`, `on_replaced`: see the module's docstring."""
-        self._load_trials = load_trials
-        self._max_trials = max_trials
-        self._max_bytes = max_bytes
-        self._sync_window = sync_window
-        self._on_sync = on_sync
-        self._ids_reused = ids_reused
-        self._on_replaced = on_replaced
-        self._lock = threading.Lock()
-        self._studies: OrderedDict[int, StudyCache] = OrderedDict()
-
-    def get(self, study_id: int) -> StudyCache:
-        with self._lock:
-            cache = self._studies.get(study_id)
-            if cache is None:
-                cache = StudyCache(
-                    study_id, self._load_trials, self._sync_window, self._on_sync,
-                    self._ids_reused, self._on_replaced,
-                )
-                self._studies[study_id] = cache
-            else:
-                self._studies.move_to_end(study_id)
-            self._evict_beyond_limit(keep=study_id)
-            return cache
-
-    def synced(self, study_id: int) -> StudyCache:
-        """The study's cache, brought up to date; KeyError if the study is gone."""
-        cache = self.get(study_id)
-        try:
-            cache.sync()
-        except KeyError:
-            self.drop(study_id)
-            raise
-        with self._lock:  # the sync may have grown this study past the limit
-            self._evict_beyond_limit(keep=study_id)
-        return cache
-
-    def drop(self, study_id: int) -> None:
-        with self._lock:
-            self._studies.pop(study_id, None)
-
-    def holds(self, study_id: int) -> bool:
-        with self._lock:
-            return study_id in self._studies
-
-    def cached_trials(self) -> int:
-        with self._lock:
-            return sum(len(cache) for cache in self._studies.values())
-
-    def totals(self) -> tuple[int, int, int]:
-        """(studies, trials, encoded trial bytes) cached, for metrics: O(studies)."""
-        with self._lock:
-            caches = list(self._studies.values())
-        return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
-
-    def _evict_beyond_limit(self, keep: int) -> None:
-        trials = sum(len(cache) for cache in self._studies.values())
-        memory = sum(cache.memory_bytes for cache in self._studies.values())
-        max_bytes = memory if self._max_bytes is None else self._max_bytes
-        for study_id in list(self._studies):
-            if trials <= self._max_trials and memory <= max_bytes:
-                break
-            if study_id == keep:
-                continue
-            evicted = self._studies.pop(study_id)
-            trials -= len(evicted)
-            memory -= evicted.memory_bytes
-
-
-def _trim_c_heap() -> None:
-    """Returns the C heap's free memory to the system, where the C library can (glibc)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
-
-
-# Threads in `_collector_paused`, and whether the collector ran before the first came.
-_paused_lock = threading.Lock()
-_paused_threads = 0
-_was_enabled = False
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while any thread is inside; it was on before
-    the first came in, it is on again when the last goes out."""
-    global _paused_threads, _was_enabled
-    with _paused_lock:
-        if _paused_threads == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _paused_threads += 1
-    try:
-        yield
-    finally:
-        with _paused_lock:
-            _paused_threads -= 1
-            if _paused_threads == 0 and _was_enabled:
-                gc.enable()

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from shardproxy import codec
-from shardproxy.cache import StudyCaches
 from shardproxy.rows import DIRECTION_NAMES, STATE_NAMES, TrialRow
 from shardproxy.store import Store
+from shardproxy.study_caches import StudyCaches
 from shardproxy.wire import METHODS
 
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import grpc
 
 from shardproxy import __version__, codec
-from shardproxy.cache import StudyCaches
 from shardproxy.child import BootFailure, WorkerSpec, name_process
 from shardproxy.config import Config
 from shardproxy.extension import ClientExtension
@@ -50,6 +49,7 @@ from shardproxy.rpc import extension_handlers, method_handlers
 from shardproxy.service import Service
 from shardproxy.store import Store
 from shardproxy.store.database import driver_url
+from shardproxy.study_caches import StudyCaches
 from shardproxy.tls import server_credentials
 from shardproxy.urls import masked_url
 from shardproxy.watchdog import Pinger, beat_handler

@@ -16,8 +16,9 @@ import pytest
 from optuna.storages._grpc.auto_generated import api_pb2
 
 from shardproxy import codec
-from shardproxy.cache import StudyCache, StudyCaches
+from shardproxy.cache import StudyCache
 from shardproxy.rows import COMPLETE, RUNNING, TrialRow
+from shardproxy.study_caches import StudyCaches
 
 STUDY = 7
 
@@ -255,12 +256,12 @@ def test_the_collector_waits_while_a_study_is_first_read() -> None:
 def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_was() -> None:
     import gc
 
-    from shardproxy.cache import _collector_paused
+    from shardproxy.heap import collector_paused
 
     inside, leave = threading.Barrier(3), threading.Event()
 
     def hold() -> None:
-        with _collector_paused():
+        with collector_paused():
             inside.wait()
             leave.wait()
 
@@ -268,7 +269,7 @@ def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_wa
     for thread in threads:
         thread.start()
     inside.wait()
-    with _collector_paused():
+    with collector_paused():
         pass  # a third thread in and out: the other two are still inside
     assert not gc.isenabled()
     leave.set()
@@ -278,7 +279,7 @@ def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_wa
 
     gc.disable()
     try:
-        with _collector_paused():
+        with collector_paused():
             pass
         assert not gc.isenabled()  # not turned on by a pause that found it off
     finally:
