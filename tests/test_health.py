@@ -22,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardproxy.wire import SERVICE
+from tests.faults.dbserver import server_down
 from tests.proxies import free_port, proxy_client, running_workers
 
 BOUND = 60.0  # every wait here ends; none of them is a speed claim
@@ -164,27 +165,6 @@ def test_sigterm_turns_health_not_serving_before_the_port_closes(sqlite_url: str
 # -- the database goes away and comes back ----------------------------------------------
 
 
-def mariadb_answers() -> bool:
-    result = subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "ping"],
-                            capture_output=True, timeout=30)
-    return result.returncode == 0
-
-
-def start_mariadb() -> None:
-    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
-                    "--exec", "/usr/sbin/mariadbd"], check=True, timeout=30)
-    deadline = time.monotonic() + 120
-    while not mariadb_answers():
-        if time.monotonic() > deadline:
-            raise RuntimeError("MariaDB did not come back within 120 s")
-        time.sleep(0.2)
-
-
-def stop_mariadb() -> None:
-    subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "shutdown"], check=True,
-                   timeout=60)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("start-stop-daemon") is None or
                     shutil.which("mysqladmin") is None, reason="needs MariaDB's tools")
@@ -194,12 +174,11 @@ def test_health_follows_the_database_down_and_up_again(mariadb_url: str) -> None
         port = worker.port
         with proxy_client(port) as client:
             assert health_status(port) == "SERVING"
-            try:
-                stop_mariadb()
+            # Started again and answering when the block ends, whatever happened in it
+            # (by its pid file, once the stopped server's process has exited).
+            with server_down("mariadb"):
                 went_down = wait_for_status(port, "NOT_SERVING")
                 assert health_status(port, SERVICE) == "NOT_SERVING"
-            finally:
-                start_mariadb()  # whatever happened: the server answers again
             came_back = wait_for_status(port, "SERVING")
             assert went_down, "health stayed SERVING with the database down"
             assert came_back, "health did not return to SERVING with the database back"
