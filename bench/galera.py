@@ -41,10 +41,16 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
 
 from tests.cluster.galera import GaleraCluster, Node, galera_cluster
-from tests.cluster.load import check, run_clients, shardproxy_serve, study_rows
+from tests.cluster.load import (
+    check,
+    create_study,
+    proxy,
+    run_clients,
+    shardproxy_serve,
+    study_rows,
+)
 
 COUNTERS = ("Questions", "Com_commit", "wsrep_local_cert_failures", "wsrep_local_bf_aborts")
 
@@ -80,23 +86,6 @@ def _counters(nodes: list[Node]) -> dict[str, int]:
     return totals
 
 
-def _create_study(url: str) -> str:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    storage = RDBStorage(url)
-    optuna.create_study(study_name=name, storage=storage)
-    storage.engine.dispose()
-    return name
-
-
-def _proxy(port: int) -> Callable[[], BaseStorage]:
-    def open_storage() -> BaseStorage:
-        storage = GrpcStorageProxy(host="127.0.0.1", port=port)
-        storage.wait_server_ready(timeout=60)
-        return storage
-
-    return open_storage
-
-
 def run_setup(name: str, cluster: GaleraCluster, proxies: int, clients: int,
               trials_per_client: int, logs: Path,
               during: Callable[[str, str], None] | None = None) -> Setup:
@@ -104,7 +93,7 @@ def run_setup(name: str, cluster: GaleraCluster, proxies: int, clients: int,
     result = Setup(name)
     with cluster.database(database):
         urls = cluster.urls(database)
-        study_name = _create_study(urls[0])
+        study_name = create_study(urls[0])
         time.sleep(0.5)  # the study replicated everywhere before the first count
         with contextlib.ExitStack() as stack:
             ports = [stack.enter_context(shardproxy_serve(
@@ -116,7 +105,7 @@ def run_setup(name: str, cluster: GaleraCluster, proxies: int, clients: int,
                 side = threading.Thread(target=lambda: during(urls[-1], study_name))
                 side.start()
             started = time.monotonic()
-            reports = run_clients([_proxy(port) for port in ports] * (clients // proxies),
+            reports = run_clients([proxy(port) for port in ports] * (clients // proxies),
                                   study_name, trials_per_client)
             result.seconds = time.monotonic() - started
             after = _counters(cluster.nodes)
@@ -184,7 +173,7 @@ def main() -> None:
                                 args.trials_per_client, logs, during=reads_under_load))
         with cluster.database(f"bench_{uuid.uuid4().hex[:10]}") as database:
             url = cluster.urls(database)[1]
-            name = _create_study(cluster.urls(database)[0])
+            name = create_study(cluster.urls(database)[0])
             costs.insert(0, read_costs(url, name, args.reads, "idle"))
     load_after = os.getloadavg()
     report(setups, costs, args, load_before, load_after)

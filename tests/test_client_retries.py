@@ -30,18 +30,11 @@ from optuna.trial import TrialState
 import shardproxy.client.retrying
 from shardproxy.client import GrpcStorageProxy
 from shardproxy.worker import DIE_AFTER_COMMIT
+from tests.test_client import client
 from tests.test_processes import children_by_name, serve, wait_until
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 WORKERS = 2
-
-
-def client(port: int, **options: object) -> GrpcStorageProxy:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = GrpcStorageProxy(host="127.0.0.1", port=port, **options)  # type: ignore[arg-type]
-    storage.wait_server_ready(timeout=30)
-    return storage
 
 
 @pytest.fixture

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage, GrpcStorageProxy
+from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
 
 from tests.proxies import free_port
 
@@ -174,3 +175,23 @@ def check(rows: list[TrialView], reports: list[ClientReport]) -> Findings:
         views_differing=[r.name for r in reports if r.view != rows],
         errors=[error for report in reports for error in report.errors],
     )
+
+
+def create_study(url: str) -> str:
+    """A new study of a fresh name, created through RDBStorage; its name."""
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    storage = RDBStorage(url)
+    optuna.create_study(study_name=name, storage=storage)
+    storage.engine.dispose()
+    return name
+
+
+def proxy(port: int) -> Callable[[], BaseStorage]:
+    """What opens a client of the proxy on `port`, once it answers."""
+
+    def open_storage() -> BaseStorage:
+        storage = GrpcStorageProxy(host="127.0.0.1", port=port)
+        storage.wait_server_ready(timeout=60)
+        return storage
+
+    return open_storage

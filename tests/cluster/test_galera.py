@@ -14,14 +14,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import optuna
 import pytest
-from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 
 from shardproxy.store import cluster
 from shardproxy.store.database import make_write_engine
 from tests.cluster.galera import GaleraCluster
-from tests.cluster.load import check, run_clients, shardproxy_serve, study_rows
+from tests.cluster.load import (
+    check,
+    create_study,
+    proxy,
+    run_clients,
+    shardproxy_serve,
+    study_rows,
+)
 
 CLIENTS = 16
 TRIALS_PER_CLIENT = 30  # 480 trials a run
@@ -31,23 +37,6 @@ TRIALS_PER_CLIENT = 30  # 480 trials a run
 def database(galera: GaleraCluster) -> Iterator[str]:
     with galera.database(f"sp_{uuid.uuid4().hex[:12]}") as name:
         yield name
-
-
-def _create_study(url: str) -> str:
-    name = f"study-{uuid.uuid4().hex[:8]}"
-    storage = RDBStorage(url)
-    optuna.create_study(study_name=name, storage=storage)
-    storage.engine.dispose()
-    return name
-
-
-def _proxy(port: int) -> Callable[[], BaseStorage]:
-    def open_storage() -> BaseStorage:
-        storage = GrpcStorageProxy(host="127.0.0.1", port=port)
-        storage.wait_server_ready(timeout=60)
-        return storage
-
-    return open_storage
 
 
 def test_detects_galera_and_a_single_server(galera: GaleraCluster, database: str,
@@ -73,12 +62,12 @@ def test_proxies_on_two_nodes_number_one_study_without_duplicates(
     galera: GaleraCluster, database: str, tmp_path: Path
 ) -> None:
     urls = galera.urls(database)
-    study_name = _create_study(urls[0])
+    study_name = create_study(urls[0])
     cert_failures = galera.status_sum("wsrep_local_cert_failures")
     bf_aborts = galera.status_sum("wsrep_local_bf_aborts")
     with shardproxy_serve(urls[0], tmp_path / "proxy0.log") as port0, \
             shardproxy_serve(urls[1], tmp_path / "proxy1.log") as port1:
-        reports = run_clients([_proxy(port0), _proxy(port1)] * (CLIENTS // 2), study_name,
+        reports = run_clients([proxy(port0), proxy(port1)] * (CLIENTS // 2), study_name,
                               TRIALS_PER_CLIENT)
     conflicts = (galera.status_sum("wsrep_local_cert_failures") - cert_failures,
                  galera.status_sum("wsrep_local_bf_aborts") - bf_aborts)
@@ -109,7 +98,7 @@ def test_proxies_on_two_nodes_number_one_study_without_duplicates(
                    strict=False)
 def test_reference_rdbstorage_clients_on_two_nodes(galera: GaleraCluster, database: str) -> None:
     urls = galera.urls(database)
-    study_name = _create_study(urls[0])
+    study_name = create_study(urls[0])
     storages: list[Callable[[], BaseStorage]] = [
         (lambda url=url: RDBStorage(url)) for url in urls  # type: ignore[misc]
     ] * (CLIENTS // 2)
