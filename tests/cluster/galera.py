@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy
+
+from tests.servers import stop_process
 
 PROVIDERS = ("/usr/lib/galera/libgalera_smm.so", "/usr/lib/libgalera_smm.so")
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
@@ -189,15 +190,8 @@ def _wait_synced(nodes: list[Node], deadline: float) -> None:
 
 
 def _stop(node: Node) -> None:
-    process = node.process
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    if node.process is not None:
+        stop_process(node.process, 30)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -26,6 +26,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
 
 from tests.proxies import free_port
+from tests.servers import stop_process
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -54,12 +55,7 @@ def shardproxy_serve(url: str, log: Path, *flags: str) -> Iterator[int]:
             storage.close()
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
 
 
 @dataclass
