@@ -52,7 +52,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("port", int, "port to listen on (0: pick a free one)"),
     ("workers", int, "worker processes sharing the port, each owning a shard of the studies"),
     ("threads", int, "gRPC handler threads per worker (bounds the RPCs in flight per worker)"),
-    ("db-pool-size", int, "database connections per worker"),
+    ("db-pool-size", int, "database connections per worker for reads, and as many for "
+     "writes; statements past them wait for one"),
     ("max-batch", int, "most write operations committed in one group transaction"),
     ("commit-window", float, "seconds a group commit waits for more writes when the last "
      "one had company (0: never)"),

@@ -48,7 +48,7 @@ class Config:
     # gRPC handler threads per worker. A write holds its thread until the group
     # commit it joined has committed, so this bounds the writes in flight.
     threads: int = 64
-    db_pool_size: int = 8
+    db_pool_size: int = 16
     max_batch: int = 256
     # Seconds a group commit, or a study's sync, waits for more requests to join it
     # when the previous one had company; a lone client never waits. With a few

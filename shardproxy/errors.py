@@ -39,6 +39,8 @@ _CODE_OF_ERROR: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT, "invalid value"),
     (sqlalchemy.exc.DataError, grpc.StatusCode.INVALID_ARGUMENT, "value the database refuses"),
     (sqlalchemy.exc.OperationalError, grpc.StatusCode.UNAVAILABLE, "database unavailable"),
+    # The pool's wait for a free connection ran out (`store.database.POOL_TIMEOUT`).
+    (sqlalchemy.exc.TimeoutError, grpc.StatusCode.UNAVAILABLE, "no database connection free"),
 )
 # Status details travel in a trailer (gRPC clients refuse large ones by default):
 # an error's text is cut to this many characters.

@@ -42,6 +42,12 @@ class StudyCaches:
         self._on_replaced = on_replaced
         self._lock = threading.Lock()
         self._studies: OrderedDict[int, StudyCache] = OrderedDict()
+        # Each study's (trials, memory bytes) as measured after its last sync, and
+        # their sums: the bounds are checked against these, so that a request costs
+        # O(1) however many studies are cached. A study's size changes by its syncs.
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self._trials = 0
+        self._bytes = 0
 
     def get(self, study_id: int) -> StudyCache:
         with self._lock:
@@ -54,7 +60,6 @@ class StudyCaches:
                 self._studies[study_id] = cache
             else:
                 self._studies.move_to_end(study_id)
-            self._evict_beyond_limit(keep=study_id)
             return cache
 
     def synced(self, study_id: int) -> StudyCache:
@@ -65,13 +70,17 @@ class StudyCaches:
         except KeyError:
             self.drop(study_id)
             raise
+        size = (len(cache), cache.memory_bytes)
         with self._lock:  # the sync may have grown this study past the limit
-            self._evict_beyond_limit(keep=study_id)
+            if study_id in self._studies:  # not dropped meanwhile
+                self._measured(study_id, size)
+                self._evict_beyond_limit(keep=study_id)
         return cache
 
     def drop(self, study_id: int) -> None:
         with self._lock:
             self._studies.pop(study_id, None)
+            self._measured(study_id, None)
 
     def holds(self, study_id: int) -> bool:
         with self._lock:
@@ -87,15 +96,24 @@ class StudyCaches:
             caches = list(self._studies.values())
         return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
 
+    def _measured(self, study_id: int, size: tuple[int, int] | None) -> None:
+        """Records a study's size (None: no longer cached) in the running sums."""
+        trials, memory = self._sizes.pop(study_id, (0, 0))
+        self._trials -= trials
+        self._bytes -= memory
+        if size is not None:
+            self._sizes[study_id] = size
+            self._trials += size[0]
+            self._bytes += size[1]
+
     def _evict_beyond_limit(self, keep: int) -> None:
-        trials = sum(len(cache) for cache in self._studies.values())
-        memory = sum(cache.memory_bytes for cache in self._studies.values())
-        max_bytes = memory if self._max_bytes is None else self._max_bytes
+        max_bytes = self._bytes if self._max_bytes is None else self._max_bytes
+        if self._trials <= self._max_trials and self._bytes <= max_bytes:
+            return
         for study_id in list(self._studies):
-            if trials <= self._max_trials and memory <= max_bytes:
+            if self._trials <= self._max_trials and self._bytes <= max_bytes:
                 break
             if study_id == keep:
                 continue
-            evicted = self._studies.pop(study_id)
-            trials -= len(evicted)
-            memory -= evicted.memory_bytes
+            del self._studies[study_id]
+            self._measured(study_id, None)

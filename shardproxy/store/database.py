@@ -30,6 +30,10 @@ from sqlalchemy.engine import URL, Engine, make_url
 SQLITE_BUSY_TIMEOUT = 10.0
 # Reconnect before MySQL's wait_timeout (8 h by default) closes an idle connection.
 POOL_RECYCLE = 3600
+# Seconds a read or write waits for one of its pool's connections before it is
+# answered UNAVAILABLE. Statements are short: a wait this long means the database
+# has stopped answering the ones holding the connections.
+POOL_TIMEOUT = 30.0
 
 
 def driver_url(url: str) -> URL:
@@ -58,7 +62,8 @@ def make_write_engine(url: str, pool_size: int) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(parsed, immediate=True)
-    options: dict[str, Any] = _pool_options(pool_size)
+    # One more than asked: the group committer keeps one connection for itself.
+    options: dict[str, Any] = _pool_options(pool_size + 1)
     if backend == "mysql":
         options["isolation_level"] = "READ COMMITTED"
     return sqlalchemy.create_engine(parsed, **options)
@@ -68,7 +73,12 @@ def _pool_options(pool_size: int) -> dict[str, Any]:
     # No pre-ping: a connection the server dropped fails its first statement, which
     # invalidates the pool and is retried like any transient error, without a ping
     # before every checkout.
-    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": POOL_RECYCLE}
+    # No overflow: a pool closes an overflow connection as soon as it is handed back,
+    # so a burst past `pool_size` would connect and disconnect once per statement
+    # (with PyMySQL that builds an SSL context each time: with 50 busy studies a
+    # third of a worker's time). Past `pool_size`, statements wait for a connection.
+    return {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": POOL_TIMEOUT,
+            "pool_recycle": POOL_RECYCLE}
 
 
 def _sqlite_engine(url: URL, immediate: bool) -> Engine:
