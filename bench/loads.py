@@ -139,7 +139,8 @@ def _outcome(kind: str, reports: list[tuple[str, int, Any]], wall: float,
         for payload in payloads:
             recorder.merge(Recorder.from_dict(payload))
         if recorder.errors:
-            errors.append(f"{recorder.errors} trials abandoned on RPC errors")
+            kinds = ", ".join(f"{kind} {n}" for kind, n in recorder.error_kinds.most_common())
+            errors.append(f"{recorder.errors} trials abandoned on RPC errors ({kinds})")
         return LoadOutcome(wall, recorder.trials, before, after, recorder, errors, history)
     trials = sum(payload["trials"] for payload in payloads)
     for payload in payloads:

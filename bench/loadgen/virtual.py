@@ -55,6 +55,8 @@ class Recorder:
     trials: int = 0
     errors: int = 0
     calls: Counter[str] = field(default_factory=Counter)
+    # What ended each abandoned trial: a gRPC status code's name, or an exception's.
+    error_kinds: Counter[str] = field(default_factory=Counter)
     request_bytes: Counter[str] = field(default_factory=Counter)
     latencies: dict[str, array] = field(default_factory=dict)
 
@@ -69,6 +71,7 @@ class Recorder:
     def merge(self, other: Recorder) -> None:
         self.trials += other.trials
         self.errors += other.errors
+        self.error_kinds.update(other.error_kinds)
         self.calls.update(other.calls)
         self.request_bytes.update(other.request_bytes)
         for method, samples in other.latencies.items():
@@ -78,6 +81,7 @@ class Recorder:
         return {
             "trials": self.trials,
             "errors": self.errors,
+            "error_kinds": dict(self.error_kinds),
             "calls": dict(self.calls),
             "request_bytes": dict(self.request_bytes),
             "latencies": {m: s.tobytes() for m, s in self.latencies.items()},
@@ -86,7 +90,7 @@ class Recorder:
     @classmethod
     def from_dict(cls, data: dict) -> Recorder:
         recorder = cls(data["trials"], data["errors"], Counter(data["calls"]),
-                       Counter(data["request_bytes"]))
+                       Counter(data.get("error_kinds", {})), Counter(data["request_bytes"]))
         for method, raw in data["latencies"].items():
             samples = array("d")
             samples.frombytes(raw)
@@ -190,10 +194,12 @@ async def run_worker(
     while keep_going() and (max_trials is None or done < max_trials):
         try:
             await worker.run_trial()
-        except (grpc.RpcError, ValueError, IndexError):
+        except (grpc.RpcError, ValueError, IndexError) as exc:
             # The RPC failed or its reply did not parse: the trial is abandoned, as a
             # crashed worker's would be, and the worker goes on with a new one.
             worker.recorder.errors += 1
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+            worker.recorder.error_kinds[code.name if code else type(exc).__name__] += 1
             errors += 1
             if errors >= max_errors:
                 return
