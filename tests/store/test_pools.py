@@ -4,7 +4,7 @@ connecting and disconnecting per statement."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy
@@ -49,45 +49,41 @@ def _burst(work: Callable[[int], None]) -> list[BaseException]:
     return errors
 
 
-@pytest.mark.parametrize("url_fixture", SERVER_URLS)
-def test_reads_past_the_pool_wait_for_its_connections(
-    url_fixture: str, request: pytest.FixtureRequest
-) -> None:
-    store = Store(request.getfixturevalue(url_fixture), pool_size=POOL_SIZE)
+@pytest.fixture(params=SERVER_URLS)
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A store with small pools on each database server."""
+    store = Store(request.getfixturevalue(request.param), pool_size=POOL_SIZE)
     try:
-        study_id = store.create_new_study([0], "pooled")
-        for _ in range(20):
+        yield store
+    finally:
+        store.close()
+
+
+def test_reads_past_the_pool_wait_for_its_connections(store: Store) -> None:
+    study_id = store.create_new_study([0], "pooled")
+    for _ in range(20):
+        store.create_new_trial(study_id, None)
+    opened = _count_connects(store._reader)
+
+    def read(_: int) -> None:
+        assert len(store.load_trials(study_id, id_greater_than=-1)) == 20
+
+    assert _burst(read) == []
+    # 24 threads, 360 reads: never more connections than the pool holds.
+    assert 1 <= opened[0] <= POOL_SIZE
+
+
+def test_study_writes_beside_the_group_commit_keep_to_the_pool(store: Store) -> None:
+    study_id = store.create_new_study([0], "pooled-writes")
+    opened = _count_connects(store._writer)
+
+    def write(i: int) -> None:
+        if i % 2:
             store.create_new_trial(study_id, None)
-        opened = _count_connects(store._reader)
+        else:
+            store.set_study_user_attr(study_id, f"key-{i}", '"value"')
 
-        def read(_: int) -> None:
-            assert len(store.load_trials(study_id, id_greater_than=-1)) == 20
-
-        assert _burst(read) == []
-        # 24 threads, 360 reads: never more connections than the pool holds.
-        assert 1 <= opened[0] <= POOL_SIZE
-    finally:
-        store.close()
-
-
-@pytest.mark.parametrize("url_fixture", SERVER_URLS)
-def test_study_writes_beside_the_group_commit_keep_to_the_pool(
-    url_fixture: str, request: pytest.FixtureRequest
-) -> None:
-    store = Store(request.getfixturevalue(url_fixture), pool_size=POOL_SIZE)
-    try:
-        study_id = store.create_new_study([0], "pooled-writes")
-        opened = _count_connects(store._writer)
-
-        def write(i: int) -> None:
-            if i % 2:
-                store.create_new_trial(study_id, None)
-            else:
-                store.set_study_user_attr(study_id, f"key-{i}", '"value"')
-
-        assert _burst(write) == []
-        assert len(store.load_trials(study_id, id_greater_than=-1)) == THREADS // 2 * ROUNDS
-        # The committer's own connection and the pool's for the study writes.
-        assert opened[0] <= POOL_SIZE + 1
-    finally:
-        store.close()
+    assert _burst(write) == []
+    assert len(store.load_trials(study_id, id_greater_than=-1)) == THREADS // 2 * ROUNDS
+    # The committer's own connection and the pool's for the study writes.
+    assert opened[0] <= POOL_SIZE + 1
