@@ -28,6 +28,8 @@ def run(config: Config) -> int:
     """
     try:
         check_address(config.host, config.port)
+        if config.insecure_port:  # plaintext beside TLS: its port must be free too
+            check_address(config.host, config.insecure_port, "--insecure-port")
         check_database(config)
     except StartupError as exc:
         exc.log(_logger)

@@ -91,14 +91,15 @@ class StartupError(Exception):
             logger.error("%s", self.details.rstrip())
 
 
-def check_address(host: str, port: int) -> None:
-    """Raises StartupError unless `host` resolves to addresses here and `port` is free."""
+def check_address(host: str, port: int, option: str = "--port") -> None:
+    """Raises StartupError unless `host` resolves to addresses here and `port` is free;
+    `option` names the port's setting in the message."""
     try:
         ensure_port_free(host, port)
     except BadHostError as exc:
         raise StartupError(EXIT_USAGE, str(exc.strerror), "bad-host") from exc
     except PortInUseError as exc:
-        raise StartupError(EXIT_ADDRESS, str(exc.strerror), "port-in-use") from exc
+        raise StartupError(EXIT_ADDRESS, f"{option}: {exc.strerror}", "port-in-use") from exc
     except OSError as exc:
         raise StartupError(
             EXIT_ADDRESS,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -159,6 +160,20 @@ def test_a_port_held_by_another_process(sqlite_url: str) -> None:
         port = str(holder.getsockname()[1])
         refused_start(serve("--storage", sqlite_url, "--port", port), EXIT_ADDRESS,
                       f"127.0.0.1:{port} is already in use", "choose another port")
+
+
+def test_an_insecure_port_held_by_another_process(sqlite_url: str, tmp_path: Path) -> None:
+    # Read before the start, parsed only by the workers, which never start here.
+    for name in ("server.pem", "server.key"):
+        (tmp_path / name).write_text("not parsed before the ports are checked\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        refused_start(serve("--storage", sqlite_url, "--tls-cert", str(tmp_path / "server.pem"),
+                            "--tls-key", str(tmp_path / "server.key"),
+                            "--insecure-port", port),
+                      EXIT_ADDRESS, f"--insecure-port: 127.0.0.1:{port} is already in use")
 
 
 @pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
