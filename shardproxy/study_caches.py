@@ -72,7 +72,7 @@ class StudyCaches:
             raise
         size = (len(cache), cache.memory_bytes)
         with self._lock:  # the sync may have grown this study past the limit
-            if study_id in self._studies:  # not dropped meanwhile
+            if self._studies.get(study_id) is cache:  # not dropped meanwhile
                 self._measured(study_id, size)
                 self._evict_beyond_limit(keep=study_id)
         return cache
