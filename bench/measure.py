@@ -267,12 +267,16 @@ def _rpc_figures(outcome: LoadOutcome, trials: int,
         "calls_per_trial": {m: c / sent for m, c in sorted(recorder.calls.items())},
         "request_bytes_per_call": {m: recorder.request_bytes[m] / c
                                    for m, c in sorted(recorder.calls.items())},
-        "latency_ms": {
-            m: {"p50": percentile(s, 50) * 1000, "p99": percentile(s, 99) * 1000,
-                "count": len(s)}
-            for m, s in sorted(recorder.latencies.items())
-        },
+        "latency_ms": _percentiles(recorder.latencies),
+        "steady_latency_ms": _percentiles(recorder.steady_latencies),
     }
     if proxy_ms_per_trial is not None and rpcs:
         figures["proxy_cpu_us_per_rpc"] = proxy_ms_per_trial * 1000 * trials / rpcs
     return figures
+
+
+def _percentiles(latencies: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """p50 and p99 in ms, and the sample count, per method."""
+    return {m: {"p50": percentile(s, 50) * 1000, "p99": percentile(s, 99) * 1000,
+                "count": len(s)}
+            for m, s in sorted(latencies.items()) if len(s)}

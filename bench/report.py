@@ -161,16 +161,21 @@ def _database_section(cells: list[dict], backend: str) -> list[str]:
 
 def latency_table(cells: list[dict]) -> list[str]:
     index = _index(cells)
-    lines = ["| scenario | system | method | calls/trial | p50 ms | p99 ms | p50 × stock |",
-             "|" + "---|" * 7]
+    lines = ["| scenario | system | method | calls/trial | p50 ms | p99 ms | p50 × stock "
+             "| after the first trial: p50 ms | p99 ms | p99 ÷ p50 |",
+             "|" + "---|" * 10]
     for cell in _load_rows(cells):
         stock = _reference(index, cell, "stock")
+        steady_of = cell.get("steady_latency_ms", {})
         for method, figures in cell.get("latency_ms", {}).items():
             reference = (stock or {}).get("latency_ms", {}).get(method, {}).get("p50")
+            steady = steady_of.get(method, {})
             lines.append(
                 f"| {cell['scenario']} | {_label(cell)} | {method} "
                 f"| {_num(cell['calls_per_trial'].get(method), 2)} | {_num(figures['p50'], 2)} "
-                f"| {_num(figures['p99'], 2)} | {_times(ratio(figures['p50'], reference))} |"
+                f"| {_num(figures['p99'], 2)} | {_times(ratio(figures['p50'], reference))} "
+                f"| {_num(steady.get('p50'), 2)} | {_num(steady.get('p99'), 2)} "
+                f"| {_num(ratio(steady.get('p99'), steady.get('p50')), 1)} |"
             )
     return lines
 

@@ -59,14 +59,18 @@ class Recorder:
     error_kinds: Counter[str] = field(default_factory=Counter)
     request_bytes: Counter[str] = field(default_factory=Counter)
     latencies: dict[str, array] = field(default_factory=dict)
+    # The same, of the calls made after their worker's first trial: without the
+    # start, when every virtual worker sends its first call at once.
+    steady_latencies: dict[str, array] = field(default_factory=dict)
 
-    def record(self, method: str, request_size: int, seconds: float) -> None:
+    def record(self, method: str, request_size: int, seconds: float, steady: bool) -> None:
         self.calls[method] += 1
         self.request_bytes[method] += request_size
-        samples = self.latencies.get(method)
-        if samples is None:
-            samples = self.latencies[method] = array("d")
-        samples.append(seconds)
+        for latencies in (self.latencies, self.steady_latencies) if steady else (self.latencies,):
+            samples = latencies.get(method)
+            if samples is None:
+                samples = latencies[method] = array("d")
+            samples.append(seconds)
 
     def merge(self, other: Recorder) -> None:
         self.trials += other.trials
@@ -74,8 +78,10 @@ class Recorder:
         self.error_kinds.update(other.error_kinds)
         self.calls.update(other.calls)
         self.request_bytes.update(other.request_bytes)
-        for method, samples in other.latencies.items():
-            self.latencies.setdefault(method, array("d")).extend(samples)
+        for mine, theirs in ((self.latencies, other.latencies),
+                             (self.steady_latencies, other.steady_latencies)):
+            for method, samples in theirs.items():
+                mine.setdefault(method, array("d")).extend(samples)
 
     def to_dict(self) -> dict:
         return {
@@ -85,16 +91,19 @@ class Recorder:
             "calls": dict(self.calls),
             "request_bytes": dict(self.request_bytes),
             "latencies": {m: s.tobytes() for m, s in self.latencies.items()},
+            "steady_latencies": {m: s.tobytes() for m, s in self.steady_latencies.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> Recorder:
         recorder = cls(data["trials"], data["errors"], Counter(data["calls"]),
                        Counter(data.get("error_kinds", {})), Counter(data["request_bytes"]))
-        for method, raw in data["latencies"].items():
-            samples = array("d")
-            samples.frombytes(raw)
-            recorder.latencies[method] = samples
+        for key, latencies in (("latencies", recorder.latencies),
+                               ("steady_latencies", recorder.steady_latencies)):
+            for method, raw in data.get(key, {}).items():
+                samples = array("d")
+                samples.frombytes(raw)
+                latencies[method] = samples
         return recorder
 
 
@@ -145,11 +154,13 @@ class VirtualWorker:
         self._names = workload.param_names
         self._tails = [wire.param_tail(name, distribution) for name in self._names]
         self._tpe_after = max(1, workload.n_startup_trials)
+        self._trials_done = 0  # this worker's own
 
     async def _call(self, method: str, request: bytes) -> bytes:
         start = time.perf_counter()
         reply = await self._calls[method](request)
-        self.recorder.record(method, len(request), time.perf_counter() - start)
+        self.recorder.record(method, len(request), time.perf_counter() - start,
+                             steady=self._trials_done > 0)
         return reply
 
     async def _refresh(self) -> None:
@@ -172,6 +183,7 @@ class VirtualWorker:
         request = wire.set_trial_state_values(trial_id, wire.COMPLETE, [objective])
         await self._call("SetTrialStateValues", request)
         self.recorder.trials += 1
+        self._trials_done += 1
 
     async def _store_relative_params(self, trial_id: int, values: Sequence[float]) -> None:
         text = json.dumps(dict(zip(self._names, values, strict=True)))
