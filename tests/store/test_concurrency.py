@@ -4,7 +4,6 @@ and every write gets its own outcome."""
 from __future__ import annotations
 
 import multiprocessing
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +14,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from shardproxy.rows import COMPLETE, RUNNING, TrialRow
 from shardproxy.store import Store
+from tests.store.lockstep import in_lockstep
 
 FLOAT = distribution_to_json(FloatDistribution(-10.0, 10.0))
 INT = distribution_to_json(IntDistribution(-10, 10))
@@ -44,24 +44,9 @@ def run_random_sampler_trials(
     return store.load_trials(study_id, id_greater_than=-1)
 
 
-def _in_lockstep(count: int, call: Callable[[int], Any]) -> list[Any]:
-    """Runs call(0..count-1) on as many threads released together; outcome per call."""
-    barrier = threading.Barrier(count)
-
-    def run(index: int) -> Any:
-        barrier.wait()
-        try:
-            return call(index)
-        except Exception as exc:  # the outcome under test
-            return exc
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(run, range(count)))
-
-
 def test_32_threads_get_unique_gap_free_numbers(store: Store) -> None:
     study_id = store.create_new_study([0], "crowd")
-    trial_ids = _in_lockstep(32, lambda _: store.create_new_trial(study_id, None))
+    trial_ids = in_lockstep(32, lambda _: store.create_new_trial(study_id, None))
     assert len(set(trial_ids)) == 32
     rows = store.load_trials(study_id, id_greater_than=-1)
     assert sorted(r.trial_id for r in rows) == sorted(trial_ids)
@@ -122,7 +107,7 @@ def test_each_concurrent_write_gets_its_own_outcome(store: Store) -> None:
     ]
     calls += [(lambda: store.create_new_trial(study_id, None), None)] * 4
 
-    outcomes = _in_lockstep(len(calls), lambda i: calls[i][0]())
+    outcomes = in_lockstep(len(calls), lambda i: calls[i][0]())
 
     for (_, expected), outcome in zip(calls, outcomes, strict=True):
         if expected is None:
@@ -157,7 +142,7 @@ def test_finishing_trials_together_with_one_already_finished(store: Store) -> No
             calls.append(lambda t=trial_id: store.set_trial_param(t, "x", 1.0, FLOAT,
                                                                   study_id=study_id))
 
-    outcomes = _in_lockstep(len(calls), lambda i: calls[i]())
+    outcomes = in_lockstep(len(calls), lambda i: calls[i]())
 
     assert all(isinstance(o, UpdateFinishedTrialError) for o in outcomes[:2]), outcomes[:2]
     assert outcomes[2:] == [None if i % 2 == 0 else True for i in range(len(running))]

@@ -3,7 +3,6 @@ connecting and disconnecting per statement."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import sqlalchemy
 from sqlalchemy.engine import Engine
 
 from shardproxy.store import Store
+from tests.store.lockstep import in_lockstep
 
 SERVER_URLS = ("mariadb_url", "postgres_url")
 POOL_SIZE = 3
@@ -29,24 +29,10 @@ def _count_connects(engine: Engine) -> list[int]:
 
 
 def _burst(work: Callable[[int], None]) -> list[BaseException]:
-    """Runs work(i) ROUNDS times on each of THREADS threads at once; the errors."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(THREADS)
-
-    def run(i: int) -> None:
-        start.wait()
-        for _ in range(ROUNDS):
-            try:
-                work(i)
-            except BaseException as exc:  # collected for the assertion
-                errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
+    """Runs work(i) ROUNDS times on each of THREADS threads released together; the
+    errors."""
+    outcomes = in_lockstep(THREADS, lambda i: [work(i) for _ in range(ROUNDS)])
+    return [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
 
 
 @pytest.fixture(params=SERVER_URLS)
