@@ -135,9 +135,10 @@ def trials_so_far(
     ordered = sorted(study_ids)
     if not ordered:
         return {}
-    statement = _trials_so_far(len(ordered), conn.dialect.name)
-    rows = statement.execute(conn, _count_params(ordered, counted)).all()
-    found = {int(study_id): count for study_id, count in rows}
+    shape = _shape(len(ordered))
+    statement = _trials_so_far(shape, conn.dialect.name)
+    rows = statement.execute(conn, _count_params(ordered, counted, shape)).all()
+    found = {int(study_id): count for study_id, count in rows if study_id is not None}
     if any(count is None for count in found.values()):
         raise StaleCount("a study's remembered trial count no longer holds")
     return {study_id: int(count) for study_id, count in found.items()}
@@ -151,12 +152,15 @@ def insert_numbered(
     Returns the new ids by (study_id, number); StaleCount if a remembered count is off.
     """
     ordered = sorted({study_id for study_id, _ in places})
-    params = _count_params(ordered, counted)
+    studies_shape, rows_shape = _shape(len(ordered)), _shape(len(places))
+    params = _count_params(ordered, counted, studies_shape)
     params["now"] = now
-    for i, (study_id, place) in enumerate(places):
+    for i in range(rows_shape):
+        # Rows past the batch's have no study: they join no count, and insert nothing.
+        study_id, place = places[i] if i < len(places) else (None, 0)
         params[f"study_{i}"] = study_id
         params[f"place_{i}"] = place
-    statement = _numbered_insert(len(places), len(ordered), conn.dialect.name)
+    statement = _numbered_insert(rows_shape, studies_shape, conn.dialect.name)
     created = statement.execute(conn, params).all()
     if any(number is None for _, _, number in created):
         raise StaleCount("a study's remembered trial count no longer holds")
@@ -224,10 +228,21 @@ def counted_after(new_ids: Mapping[tuple[int, int], int]) -> dict[int, Counted]:
 # -- statements ------------------------------------------------------------------------
 
 
-def _count_params(study_ids: list[int], counted: Mapping[int, Counted]) -> dict[str, Any]:
+def _shape(count: int) -> int:
+    """The statement size that serves `count` rows or studies: the next power of two,
+    so that a few shapes are rendered (each costs tens of milliseconds once) rather
+    than one per batch size; the places past `count` are filled with no study."""
+    return 1 << (count - 1).bit_length()
+
+
+def _count_params(
+    study_ids: list[int], counted: Mapping[int, Counted], shape: int
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for j, study_id in enumerate(study_ids):
-        known = counted.get(study_id)
+    for j in range(shape):
+        # Past the studies: NULL, which counts nothing and matches no row.
+        study_id = study_ids[j] if j < len(study_ids) else None
+        known = counted.get(study_id) if study_id is not None else None
         params[f"sid_{j}"] = study_id
         # last_id 0 (no trial has it): not known, count the study in full.
         params[f"count_{j}"] = known.trials if known is not None else 0
@@ -270,7 +285,7 @@ def _trials_so_far(studies_count: int, dialect: str) -> Prepared:
     return Prepared(_counted(studies_count, dialect))
 
 
-@functools.cache  # at most NUMBERED_INSERT_MAX_ROWS² shapes per backend; a few in use
+@functools.cache  # rows and studies each a power of two up to NUMBERED_INSERT_MAX_ROWS
 def _numbered_insert(rows: int, studies_count: int, dialect: str) -> Prepared:
     """INSERT ... SELECT of `rows` RUNNING trials, numbered after their study's trials.
 

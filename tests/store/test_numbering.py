@@ -183,3 +183,32 @@ def test_a_study_read_whole_gives_its_count_only_when_numbers_are_dense(
     finally:
         store.close()
     assert numbers == [4, 5]
+
+
+@pytest.mark.parametrize("template", [None, _FINISHED], ids=["numbered-insert", "plain-insert"])
+def test_a_batch_smaller_than_its_statement_inserts_only_its_own_trials(
+    db_url: str, rdb: RDBStorage, template: TrialRow | None
+) -> None:
+    """Statements are shaped for powers of two (rows and studies); the places past a
+    batch's own must insert nothing and count nothing."""
+    studies = [rdb.create_new_study([StudyDirection.MINIMIZE], f"shape-{i}") for i in range(3)]
+    for i, study_id in enumerate(studies):
+        for _ in range(i):
+            rdb.create_new_trial(study_id)
+    # 5 trials of 3 studies: a statement for 8 rows of 4 studies.
+    wanted = [studies[0], studies[1], studies[1], studies[2], studies[2]]
+    engine = make_write_engine(db_url, 1)
+    try:
+        with engine.begin() as conn:
+            batch = Batch(conn, [CreateTrial(s, template) for s in wanted],
+                          first_distribution, optimistic=True, counted={})
+            ids = batch.run()
+    finally:
+        engine.dispose()
+    assert len(set(ids)) == 5
+    for i, study_id in enumerate(studies):
+        numbers = _numbers_by_id(rdb, study_id)
+        # The earlier trials, then this batch's, numbered on from them: nothing more.
+        assert sorted(numbers.values()) == list(range(i + wanted.count(study_id)))
+        assert {numbers[t] for t, s in zip(ids, wanted) if s == study_id} == set(
+            range(i, i + wanted.count(study_id)))
