@@ -31,6 +31,8 @@ Metric names, all prefixed `shardproxy_`:
   its time from its first attempt to its outcome (retries included).
 - `cache_reads_per_sync`: reads one study cache sync served (its count is the
   number of syncs, its sum the reads that needed one).
+- `trial_reads_per_batch`: GetTrial reads of unfinished trials one statement
+  served (`trial_reads`).
 - `db_statements_total`, `db_transient_errors_total`, `db_retries_total`: statements
   sent through a cursor, transient database errors met, and attempts run again.
 - `cached_studies`, `cached_trials`, `cached_bytes`: what the caches hold (encoded
@@ -76,6 +78,7 @@ _HELP = {
     "commit_batch_size": "Write operations per group commit",
     "commit_duration_seconds": "Group commit time, retries included",
     "cache_reads_per_sync": "Reads served by one study cache sync",
+    "trial_reads_per_batch": "GetTrial reads served by one batched statement",
     "db_statements": "Statements sent to the database",
     "db_transient_errors": "Transient database errors met",
     "db_retries": "Database attempts run again after a transient error",
@@ -96,7 +99,8 @@ _FORWARDED = _LATENCY_SUM + _M  # + method
 _COMMIT_SIZE = _FORWARDED + _M  # + bucket, then the sum
 _COMMIT_SECONDS = _COMMIT_SIZE + len(_BATCH) + 1  # + bucket, then the sum
 _READS_PER_SYNC = _COMMIT_SECONDS + _S + 1  # + bucket, then the sum
-_STATEMENTS = _READS_PER_SYNC + len(_READS) + 1
+_READS_PER_BATCH = _READS_PER_SYNC + len(_READS) + 1  # + bucket, then the sum
+_STATEMENTS = _READS_PER_BATCH + len(_READS) + 1
 _TRANSIENT = _STATEMENTS + 1
 _RETRIES = _TRANSIENT + 1
 _SLOTS = _RETRIES + 1
@@ -199,6 +203,11 @@ class Metrics:
         tally[_READS_PER_SYNC + bisect_left(_READS, reads)] += 1
         tally[_READS_PER_SYNC + len(_READS)] += reads
 
+    def trials_read(self, reads: int) -> None:
+        tally = self._tally()
+        tally[_READS_PER_BATCH + bisect_left(_READS, reads)] += 1
+        tally[_READS_PER_BATCH + len(_READS)] += reads
+
     def transient_error(self, retrying: bool) -> None:
         tally = self._tally()
         tally[_TRANSIENT] += 1
@@ -268,7 +277,8 @@ class Metrics:
                 self._counter("forwarded", {"method": method}, total[_FORWARDED + m])
         for name, bounds, base in (("commit_batch_size", _BATCH, _COMMIT_SIZE),
                                    ("commit_duration_seconds", _SECONDS, _COMMIT_SECONDS),
-                                   ("cache_reads_per_sync", _READS, _READS_PER_SYNC)):
+                                   ("cache_reads_per_sync", _READS, _READS_PER_SYNC),
+                                   ("trial_reads_per_batch", _READS, _READS_PER_BATCH)):
             self._histogram(name, {}, bounds, total[base : base + len(bounds)],
                             total[base + len(bounds)])
         self._counter("db_statements", {}, total[_STATEMENTS])

@@ -19,15 +19,17 @@ from shardproxy import codec
 from shardproxy.rows import DIRECTION_NAMES, STATE_NAMES, TrialRow
 from shardproxy.store import Store
 from shardproxy.study_caches import StudyCaches
+from shardproxy.trial_reads import TrialReads
 from shardproxy.wire import METHODS
 
 
 class Service:
     """Answers decoded requests for the studies this process owns."""
 
-    def __init__(self, store: Store, caches: StudyCaches) -> None:
+    def __init__(self, store: Store, caches: StudyCaches, trial_reads: TrialReads) -> None:
         self._store = store
         self._caches = caches
+        self._trial_reads = trial_reads
         self._handlers: list[Callable[..., bytes]] = [
             getattr(self, "_" + _snake_case(name)) for name in METHODS
         ]
@@ -120,12 +122,15 @@ class Service:
         return b""
 
     def _get_trial(self, study_id: int, trial_id: int) -> bytes:
-        # A finished trial never changes: no sync needed to answer for it.
+        # A finished trial never changes: no database read needed to answer for it.
         encoded = self._caches.get(study_id).finished_trial_bytes(trial_id)
         if encoded is None:
-            encoded = self._caches.synced(study_id).trial_bytes(trial_id)
-        if encoded is None:
-            raise KeyError(f"trial {trial_id} not found in study {study_id}")
+            # Read alone (batched with other GetTrials), not by syncing the study,
+            # which would re-read every unfinished trial of it (see trial_reads).
+            row = self._trial_reads.read(trial_id)
+            if row is None:
+                raise KeyError(f"trial {trial_id} not found")
+            encoded = codec.encode_trial(row)
         return codec.encode_trial_reply(encoded)
 
     def _get_trials(self, study_id: int, included_ids: list[int], id_greater_than: int) -> bytes:

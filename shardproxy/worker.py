@@ -51,6 +51,7 @@ from shardproxy.store import Store
 from shardproxy.store.database import driver_url
 from shardproxy.study_caches import StudyCaches
 from shardproxy.tls import server_credentials
+from shardproxy.trial_reads import TrialReads
 from shardproxy.urls import masked_url
 from shardproxy.watchdog import Pinger, beat_handler
 from shardproxy.wire import SERVICE
@@ -113,7 +114,10 @@ class Worker:
             ids_reused=driver_url(config.storage_url).get_backend_name() == "sqlite",
             on_replaced=lambda study_id: self.front.study_replaced(study_id),
         )
-        self.service = Service(store, self.caches)
+        self.trial_reads = TrialReads(
+            store.get_trials, on_batch=metrics.trials_read if metrics.exported else None
+        )
+        self.service = Service(store, self.caches, self.trial_reads)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
         self._forwarders = [
             None

@@ -152,6 +152,9 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         before = settled(admin)
         run_studies(port, trials)
         created = sum(trials.values())
+        with proxy_client(port) as reader:  # a read of each study brings its cache up to date
+            for name in trials:
+                assert len(optuna.load_study(study_name=name, storage=reader).trials) == trials[name]
         after = settled(admin)
         assert value(after, "shardproxy_cached_trials") == created
 
@@ -176,10 +179,14 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         assert 0 < delta("shardproxy_commit_batch_size_count") <= writes
         assert delta("shardproxy_commit_duration_seconds_count") == delta(
             "shardproxy_commit_batch_size_count")
+        # GetTrial reads an unfinished trial on its own: one batch per statement.
+        batches = delta("shardproxy_trial_reads_per_batch_count")
+        assert 0 < batches <= delta("shardproxy_trial_reads_per_batch_sum") <= delta(
+            "shardproxy_rpcs_total", method="GetTrial", code="OK")
         syncs = delta("shardproxy_cache_reads_per_sync_count")
         assert 0 < syncs <= delta("shardproxy_cache_reads_per_sync_sum")
         assert delta("shardproxy_db_statements_total") >= delta(
-            "shardproxy_commit_batch_size_count") + syncs
+            "shardproxy_commit_batch_size_count") + syncs + batches
         assert value(after, "shardproxy_cached_studies") == len(trials)
         assert value(after, "shardproxy_cached_bytes") > 0
         (build,) = [labels for name, labels in after if name == "shardproxy_build_info"]

@@ -1,4 +1,4 @@
-"""Trials with all their child rows, in one statement: the cache's syncs and GetTrial.
+"""Trials with all their child rows, in one statement: the cache's syncs and GetTrial's reads.
 
 `load_trials` is the hottest query of the proxy (every read of a study syncs its
 cache with it), so it is a single UNION ALL over the trial table and its five
@@ -119,11 +119,23 @@ def load_trials(
     return Loaded(rows, mark)
 
 
-def load_trial(conn: Connection, trial_id: int) -> TrialRow:
-    rows, _, _ = _assemble(_ONE_TRIAL.execute(conn, {"trial_id": trial_id}))
-    if not rows:
-        raise KeyError(NOT_FOUND)
-    return rows[0]
+def load_trials_by_id(conn: Connection, ids: Sequence[int]) -> list[TrialRow]:
+    """The trials with these ids (of any studies) that exist, sorted by id.
+
+    One statement per MAX_IN_LIST ids. Each list is padded to a power of two by
+    repeating its last id, so that a few statement shapes serve every batch size
+    (each shape is rendered once and kept).
+    """
+    rows: list[TrialRow] = []
+    for part in sql_chunks(sorted(set(ids)), MAX_IN_LIST):
+        padded = list(part) + [part[-1]] * (_next_power_of_two(len(part)) - len(part))
+        rows.extend(_assemble(_LOADS[conn.dialect.name == "postgresql"].by_id.execute(
+            conn, {"ids": padded}))[0])
+    return rows
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 _COLUMNS = ("kind", "trial_id", "ordinal", "text", "number", "json", "start", "complete")
@@ -255,6 +267,7 @@ class _Loads:
     delta: Prepared
     delta_and_ids: Prepared
     ids: Prepared
+    by_id: Prepared  # trials of any study, by id
 
 
 def _loads(postgresql: bool) -> _Loads:
@@ -283,11 +296,12 @@ def _loads(postgresql: bool) -> _Loads:
                   with_study=False),
             expanding=["ids"],
         ),
+        by_id=Prepared(
+            union(select(trials.c.trial_id).where(trials.c.trial_id.in_(listed)),
+                  with_study=False),
+            expanding=["ids"],
+        ),
     )
 
 
 _LOADS = {False: _loads(postgresql=False), True: _loads(postgresql=True)}
-_ONE_TRIAL = Prepared(_union(
-    select(trials.c.trial_id).where(trials.c.trial_id == bindparam("trial_id")),
-    with_study=False, by_array=False,
-))

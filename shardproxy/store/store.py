@@ -301,7 +301,14 @@ class Store:
         return self._read(lambda conn: reads.trial_id_from_number(conn, study_id, number))
 
     def get_trial(self, trial_id: int) -> TrialRow:
-        return self._read(lambda conn: loads.load_trial(conn, trial_id))
+        rows = self.get_trials([trial_id])
+        if not rows:
+            raise KeyError(NOT_FOUND)
+        return rows[0]
+
+    def get_trials(self, trial_ids: Sequence[int]) -> list[TrialRow]:
+        """The trials with these ids that exist (of any studies), by id."""
+        return self._read(lambda conn: loads.load_trials_by_id(conn, trial_ids))
 
     def get_study_id_of_trial(self, trial_id: int) -> int:
         return self._read(lambda conn: reads.study_id_of_trial(conn, trial_id))

@@ -1,0 +1,90 @@
+"""GetTrial's reads of single unfinished trials, batched across the worker's studies.
+
+A GetTrial for a trial the cache does not hold finished needs that trial as the
+database has it now: another writer (another proxy, a direct RDBStorage user, a
+heartbeat failer) may have changed it. Syncing the trial's study would do, but a
+sync re-reads every unfinished trial of the study (one per busy client of it),
+and a study with few clients shares few syncs: with 20 clients on each of 50
+studies, every GetTrial read about 20 trials to answer for one.
+
+So a GetTrial reads its own trial, and the reads that arrive while one batch runs
+go together in the next: one statement for all of them, whatever their studies.
+Single-flight like the cache's syncs: a read is answered by a batch that started
+after it arrived, so a write acknowledged before the read is seen by it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from shardproxy.rows import TrialRow
+
+# load(trial_ids) -> the rows of those that exist, in any order.
+LoadTrials = Callable[[Sequence[int]], list[TrialRow]]
+# Told, as each batch starts, how many reads it serves (metrics); None: nobody listens.
+OnBatch = Callable[[int], None] | None
+# Reads per statement at most; a longer queue is served by the batches after.
+MAX_BATCH = 256
+
+
+class _Read:
+    __slots__ = ("trial_id", "row", "error", "done")
+
+    def __init__(self, trial_id: int) -> None:
+        self.trial_id = trial_id
+        self.row: TrialRow | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class TrialReads:
+    """Reads of one trial each, one batch at a time; thread-safe."""
+
+    def __init__(self, load: LoadTrials, on_batch: OnBatch = None,
+                 max_batch: int = MAX_BATCH) -> None:
+        self._load = load
+        self._on_batch = on_batch
+        self._max_batch = max_batch
+        self._changed = threading.Condition()
+        self._queue: list[_Read] = []  # arrived, not yet in a batch
+        self._running = False
+
+    def read(self, trial_id: int) -> TrialRow | None:
+        """The trial as a batch that started after this call read it; None if it
+        does not exist. Raises whatever the database raised for that batch."""
+        read = _Read(trial_id)
+        with self._changed:
+            self._queue.append(read)
+            while not read.done:
+                if self._running:
+                    self._changed.wait()
+                else:
+                    self._run_batch()
+        if read.error is not None:
+            raise read.error
+        return read.row
+
+    def _run_batch(self) -> None:
+        """Runs the queue's first batch; called and returns with the lock held."""
+        batch = self._queue[:self._max_batch]
+        del self._queue[:self._max_batch]
+        self._running = True
+        self._changed.release()
+        rows: dict[int, TrialRow] = {}
+        error: BaseException | None = None
+        try:
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            rows = {row.trial_id: row for row in self._load(
+                sorted({read.trial_id for read in batch}))}
+        except BaseException as exc:  # handed to every read of the batch
+            error = exc
+        finally:
+            self._changed.acquire()
+            for read in batch:
+                read.row = rows.get(read.trial_id)
+                read.error = error
+                read.done = True
+            self._running = False
+            self._changed.notify_all()
