@@ -39,6 +39,13 @@ default on Linux). `shardproxy serve` raises its soft limit to the hard one befo
 it starts workers; this part checks that the workers got it and hold every
 connection (before it did, a worker stopped accepting at about a thousand).
 
+Soak (part `soak`, run only when asked for). 24 studies of 25 000 COMPLETE trials,
+about four times `--soak-cache-memory` (32 MiB) by the cache's own count, read in
+full round-robin by 3 threads for `--soak-seconds` through a proxy started with that
+`--cache-memory`: after the first pass every read loads an evicted study again. The
+tree's and each worker's RSS are sampled once a second; the figure is the tree's
+largest growth over its baseline, against the bound (exit code 1 above it).
+
 Bounded: every wait has a limit, a client process stops opening at its first wave
 that fails, and the proxy (its own process group) and the client processes are
 stopped in `finally` blocks. All traffic is to 127.0.0.1.

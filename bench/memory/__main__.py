@@ -25,6 +25,8 @@ from bench import databases
 from bench.memory.cached_trials import cache_limit, measure_cached_trials
 from bench.memory.idle import measure_idle_connections
 from bench.memory.report import markdown
+from bench.memory.soak import measure_soak
+from shardproxy.cli import byte_size
 
 
 def _git(*argv: str) -> str:
@@ -36,10 +38,12 @@ def _git(*argv: str) -> str:
 
 
 def _git_commit() -> str:
-    """HEAD, and whether this package differs from it (the figures are its code's)."""
+    """HEAD, and whether this package or the proxy differs from it (the figures are
+    their code's)."""
     commit = _git("rev-parse", "--short", "HEAD")
-    changed = _git("status", "--porcelain", "--", ".")
-    return f"{commit} (plus uncommitted bench/memory/)" if changed else commit
+    changed = [tree for tree in ("bench/memory/", "shardproxy/")
+               if _git("status", "--porcelain", "--", f":/{tree}")]
+    return f"{commit} (plus uncommitted {', '.join(changed)})" if changed else commit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: the local server of --db]")
     parser.add_argument("--parts", default="idle,trials,limit",
                         help="idle (connections), trials (cache), limit (idle connections at "
-                        "--limit-nofile) [default: %(default)s]")
+                        "--limit-nofile), soak (RSS under --soak-cache-memory; only when "
+                        "asked for) [default: %(default)s]")
     parser.add_argument("--workers", type=int, default=2,
                         help="shardproxy worker processes [default: %(default)s]")
     parser.add_argument("--connections", type=int, default=5000,
@@ -77,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-nofile", type=int, default=1024,
                         help="soft RLIMIT_NOFILE of the proxy in the limit part "
                         "[default: %(default)s]")
+    parser.add_argument("--soak-cache-memory", default="32MiB", type=byte_size,
+                        help="the proxy's --cache-memory in the soak part [default: "
+                        "%(default)s]")
+    parser.add_argument("--soak-studies", type=int, default=24,
+                        help="studies the soak part reads round-robin [default: %(default)s]")
+    parser.add_argument("--soak-trials", type=int, default=25000,
+                        help="trials per soak study; the defaults make the studies about 4 "
+                        "times the bound by the cache's count [default: %(default)s]")
+    parser.add_argument("--soak-readers", type=int, default=3,
+                        help="threads reading the soak studies [default: %(default)s]")
+    parser.add_argument("--soak-seconds", type=float, default=180.0,
+                        help="how long the soak part reads [default: %(default)s]")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the Markdown again from --out's JSON")
     parser.add_argument("--out", default="bench/results/memory",
@@ -119,6 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"idle connections at a soft open-file limit of {args.limit_nofile}",
                   file=sys.stderr, flush=True)
             data["limit"] = measure_idle_connections(db.url, args, args.limit_nofile, 1, say)
+        if "soak" in parts:
+            print(f"soak at --cache-memory {args.soak_cache_memory} bytes",
+                  file=sys.stderr, flush=True)
+            data["soak"] = measure_soak(db.url, args, say)
     data["meta"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["meta"]["elapsed_s"] = time.monotonic() - started
     return data
@@ -136,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(data)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)
-    # The limit part is expected to fall short; the main one must hold them all.
-    idle = data.get("idle")
-    return 1 if idle and idle["rounds"][0]["held"] < idle["connections_asked"] else 0
+    # The limit part is expected to fall short; the main one must hold them all, and
+    # the soak must stay within its bound.
+    idle, soak = data.get("idle"), data.get("soak")
+    short = idle and idle["rounds"][0]["held"] < idle["connections_asked"]
+    return 1 if short or (soak and soak["max_growth_over_bound"] > 1) else 0
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ from typing import Any
 import grpc
 
 from bench import databases, systems
-from bench.loadgen import wire
 from bench.memory.proctree import connections_by_worker, rss_kib, workers
-from bench.memory.proxy import GET_TRIALS, OWN_CONNECTION, SETTLE, serve, warm_up
+from bench.memory.proxy import FULL_READ_OPTIONS, SETTLE, get_all_trials, serve, warm_up
 
 
 def study_owned_by(url: str, owner: int, shard_count: int, tag: str) -> int:
@@ -34,11 +33,9 @@ def study_owned_by(url: str, owner: int, shard_count: int, tag: str) -> int:
 
 def full_read(proxy: systems.RunningProxy, study_id: int) -> tuple[float, int, str]:
     """One full GetTrials on a new connection: (seconds, reply bytes, front worker)."""
-    options = [OWN_CONNECTION, ("grpc.max_receive_message_length", -1)]
-    with grpc.insecure_channel(proxy.target, options=options) as channel:
+    with grpc.insecure_channel(proxy.target, options=FULL_READ_OPTIONS) as channel:
         start = time.perf_counter()
-        reply = channel.unary_unary(GET_TRIALS)(wire.get_trials(study_id, (), -1), timeout=600,
-                                                wait_for_ready=True)
+        reply = get_all_trials(channel, study_id)
         seconds = time.perf_counter() - start
         # The only client connection open now: the worker holding it is the front.
         held = connections_by_worker(proxy.pid, proxy.port)

@@ -1,8 +1,9 @@
 """The proxy under measurement, and the calls this bench makes to it.
 
 `serve` starts `shardproxy serve` as a real process tree (optionally under a given
-soft open-file limit) and yields it once every worker listens; `warm_up` grows the
-workers' handler threads before a baseline is read; `stderr_summary` turns the
+soft open-file limit, with more flags) and yields it once every worker listens;
+`warm_up` grows the workers' handler threads before a baseline is read;
+`get_all_trials` is the full read a new client makes; `stderr_summary` turns the
 proxy's log into distinct lines with counts.
 """
 
@@ -29,21 +30,25 @@ GET_TRIALS = wire.method_path("GetTrials")
 # Each channel its own TCP connection: gRPC otherwise shares one among the channels
 # of a process to the same target.
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+# A full read's reply is as large as the study: a channel for it takes any size.
+FULL_READ_OPTIONS = [OWN_CONNECTION, ("grpc.max_receive_message_length", -1)]
 SETTLE = 2.0  # seconds for the proxy's memory to settle before RSS is read
 LATENCY_CHANNELS = 8  # new connections a fresh client's calls (and the warm-up) go over
 WARM_UP_CALLS = 512  # concurrent GetAllStudies to grow the worker thread pools first
 
 
 @contextlib.contextmanager
-def serve(url: str, worker_count: int, server_nofile: int | None) -> Iterator[tuple[
+def serve(url: str, worker_count: int, server_nofile: int | None,
+          serve_flags: tuple[str, ...] = ()) -> Iterator[tuple[
         systems.RunningProxy, dict[str, int]]]:
-    """`shardproxy serve` with every worker listening.
+    """`shardproxy serve` (plus `serve_flags`) with every worker listening.
 
     Yields the proxy and a dict that, once the proxy has stopped, holds its stderr
     (`stderr_summary`).
     """
     port = systems.free_port()
-    argv = systems.command("shardproxy", url, port, systems.ProxyOptions(workers=worker_count))
+    argv = systems.command("shardproxy", url, port, systems.ProxyOptions(
+        workers=worker_count, serve_flags=serve_flags))
 
     def limit() -> None:  # runs in the child before exec: the limit the proxy inherits
         if server_nofile is not None:
@@ -97,3 +102,10 @@ def warm_up(target: str) -> None:
     finally:
         for channel in channels:
             channel.close()
+
+
+def get_all_trials(channel: grpc.Channel, study_id: int) -> bytes:
+    """Every trial of a study, raw GetTrials with trial_id_greater_than = -1: what a
+    new `GrpcStorageProxy` sends first. `channel` needs FULL_READ_OPTIONS."""
+    return channel.unary_unary(GET_TRIALS)(wire.get_trials(study_id, (), -1), timeout=600,
+                                           wait_for_ready=True)

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from bench.memory.idle import WAVE
-from bench.memory.proxy import LATENCY_CHANNELS
+from bench.memory.proxy import LATENCY_CHANNELS, SETTLE
 
 
 def _mib(kib: float) -> str:
@@ -130,10 +130,56 @@ def _trial_lines(trials: list[dict[str, Any]], limit: int) -> list[str]:
     return lines
 
 
+def _soak_lines(soak: dict[str, Any]) -> list[str]:
+    bound = soak["cache_memory_bytes"]
+    columns = list(soak["rss"])  # the tree, then each worker
+    share = {c: bound if c == "tree" else bound / soak["workers"] for c in columns}
+
+    def row(name: str, cell: Any) -> str:
+        return f"| {name} | " + " | ".join(cell(c, soak["rss"][c]) for c in columns) + " |"
+
+    over = soak["max_growth_over_bound"]
+    lines = [
+        f"`shardproxy serve --workers {soak['workers']} --cache-memory {bound}` "
+        f"({bound / 2**20:,.1f} MiB for the instance, split evenly over the workers). "
+        f"{soak['studies']} studies of {soak['trials_per_study']:,} COMPLETE trials (one "
+        "float parameter, one value), "
+        f"{soak['cached_bytes_by_cache_count'] / 2**20:,.1f} MiB by the cache's own count "
+        f"of the {soak['studies_read']} read ({soak['cached_bytes_by_cache_count'] / bound:.1f}"
+        " × the bound), read in full round-robin by "
+        f"{soak['readers']} threads for {soak['seconds']:.0f} s: each worker keeps only "
+        "the studies it read last, so after the first pass every read loads an evicted "
+        "study again in full. RSS sampled once a second; the baseline after a warm-up "
+        "and a small study read on each worker, the final value "
+        f"{SETTLE:.0f} s after the last read; every sample is in the JSON.", "",
+        "| RSS, MiB | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
+        row("baseline", lambda c, f: _mib(f["baseline_kib"])),
+        row("max", lambda c, f: _mib(f["max_kib"])),
+        row("final", lambda c, f: _mib(f["final_kib"])),
+        row("max growth over baseline", lambda c, f: _mib(f["max_growth_kib"])),
+        row("**max growth ÷ bound** (a worker's: ÷ its share)",
+            lambda c, f: f"**{f['max_growth_kib'] * 1024 / share[c]:.2f}**"), "",
+        "| figure | value |", "|---|---:|",
+        f"| full reads | {soak['reads']:,} ({soak['reads'] / soak['seconds']:.2f} a second) |",
+        f"| data read, MiB (÷ bound) | {soak['reply_bytes'] / 2**20:,.0f} "
+        f"({soak['reply_bytes'] / bound:,.1f}) |", "",
+    ]
+    if over > 1:
+        lines += [f"**The tree grew {over:.2f} times the bound over its baseline**: beyond "
+                  "what `--cache-memory` bounds.", ""]
+    return lines
+
+
+# The title names the parts measured (idle and limit both count idle connections).
+_TITLES = {"idle": "per idle client connection", "cached_trials": "per cached trial",
+           "limit": "per idle client connection", "soak": "under a cache bound"}
+
+
 def markdown(data: dict[str, Any]) -> str:
     meta = data["meta"]
+    parts = [title for key, title in _TITLES.items() if key in data]
     lines = [
-        "# Memory: per idle client connection and per cached trial", "",
+        f"# Memory: {', '.join(dict.fromkeys(parts))}", "",
         f"`{meta['command']}` — commit {meta['git']}, {meta['date']}, {meta['machine']}, "
         f"database {meta['db']}, run time {meta['elapsed_s']:.0f} s. Load average "
         f"{meta['load_before']} before, {meta['load_after']} after (this bench's own client "
@@ -142,7 +188,7 @@ def markdown(data: dict[str, Any]) -> str:
         "How it is measured: `python -m bench.memory --help` and the docstrings of "
         "`bench/memory/`. RSS is the sum of VmRSS over the proxy's process tree (supervisor, "
         "workers, multiprocessing's resource tracker), read from /proc; per-process figures "
-        "are in `memory.json`.", "",
+        "are in the JSON beside this file.", "",
     ]
     if "idle" in data:
         lines += ["## Idle client connections", "", *_idle_lines(data["idle"])]
@@ -157,4 +203,6 @@ def markdown(data: dict[str, Any]) -> str:
             f"RLIMIT_NOFILE of {soft} (1024 is the usual default soft limit on Linux): "
             "`shardproxy serve` raises it to the hard limit for its workers.",
             "", *_idle_lines(data["limit"])]
+    if "soak" in data:
+        lines += ["## Soak at the cache bound", "", *_soak_lines(data["soak"])]
     return "\n".join(lines)
