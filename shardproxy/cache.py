@@ -233,6 +233,13 @@ class StudyCache:
 
     # -- sync ------------------------------------------------------------------
 
+    @property
+    def syncing(self) -> bool:
+        """Whether a sync runs or reads wait for one: a read arriving now needs the
+        next sync, which the reads of a study this busy rarely run alone. A hint:
+        by the time the caller acts on it, that may have changed."""
+        return self._sync_running or self._reads_for_next_sync > 0
+
     def sync(self) -> None:
         """Bring the cache up to date with a sync that started after this call.
 

@@ -122,15 +122,20 @@ class Service:
         return b""
 
     def _get_trial(self, study_id: int, trial_id: int) -> bytes:
+        cache = self._caches.get(study_id)
         # A finished trial never changes: no database read needed to answer for it.
-        encoded = self._caches.get(study_id).finished_trial_bytes(trial_id)
-        if encoded is None:
+        encoded = cache.finished_trial_bytes(trial_id)
+        if encoded is None and cache.syncing:
+            # The study's reads keep a sync going: the next one, shared with them,
+            # costs no statement of this read's own (see trial_reads).
+            encoded = self._caches.synced(study_id).trial_bytes(trial_id)
+        elif encoded is None:
             # Read alone (batched with other GetTrials), not by syncing the study,
             # which would re-read every unfinished trial of it (see trial_reads).
             row = self._trial_reads.read(trial_id)
-            if row is None:
-                raise KeyError(f"trial {trial_id} not found")
-            encoded = codec.encode_trial(row)
+            encoded = None if row is None else codec.encode_trial(row)
+        if encoded is None:
+            raise KeyError(f"trial {trial_id} not found")
         return codec.encode_trial_reply(encoded)
 
     def _get_trials(self, study_id: int, included_ids: list[int], id_greater_than: int) -> bytes:

@@ -202,8 +202,9 @@ def describe_database_error(exc: Exception, url: str) -> tuple[int, str, str] | 
     if isinstance(exc, SchemaError):
         return EXIT_SCHEMA, _one_line(str(exc)), "schema"
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        kind = _kind(exc.orig)
-        said = _driver_message(exc.orig)
+        orig = exc.orig if exc.orig is not None else exc  # the driver's own error
+        kind = _kind(orig)
+        said = _driver_message(orig)
         if kind == "login":
             return (EXIT_DATABASE_REFUSED, f"the database server refused the login for "
                     f"{shown} ({said}); check the user and password in --storage",
@@ -261,7 +262,7 @@ def _kind(orig: BaseException) -> str | None:
 
 
 def _driver_message(orig: BaseException) -> str:
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = getattr(orig, "args", ())
     if len(args) > 1 and isinstance(args[0], int):  # (1045, "Access denied ...")
         return _one_line(str(args[1]))
     # psycopg2: 'connection to server at "h" (addr), port 5432 failed: FATAL:  why'.

@@ -11,6 +11,12 @@ So a GetTrial reads its own trial, and the reads that arrive while one batch run
 go together in the next: one statement for all of them, whatever their studies.
 Single-flight like the cache's syncs: a read is answered by a batch that started
 after it arrived, so a write acknowledged before the read is seen by it.
+
+Where a sync of the study runs or is waited for, a GetTrial joins the next one
+instead (`Service._get_trial`): a study that busy keeps its syncs going anyway, so
+sharing one costs no statement of the GetTrial's own, where a batch of its own
+would (eight Optuna clients on one study, MariaDB: 7.1–7.4 statements per trial
+with every GetTrial read alone, 6.0 this way, 5.7–6.0 with every one syncing).
 """
 
 from __future__ import annotations

@@ -159,6 +159,28 @@ def test_reads_of_a_busy_study_join_the_sync_that_waits_for_them() -> None:
     assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == [1, 2]
 
 
+def test_a_study_is_syncing_while_a_sync_runs_or_reads_wait_for_one() -> None:
+    """GetTrial joins the next sync of such a study rather than reading on its own."""
+    table = Table()
+    table.put(trial(1))
+    cache = StudyCache(STUDY, table.load_trials)
+    assert not cache.syncing
+    table.hold = threading.Event()
+    first = threading.Thread(target=cache.sync)
+    first.start()
+    assert table.load_started.wait(10)
+    assert cache.syncing
+    waiting = threading.Thread(target=cache.sync)
+    waiting.start()
+    assert wait_until(lambda: cache._reads_for_next_sync == 1)  # noqa: SLF001
+    held, table.hold = table.hold, None
+    held.set()
+    for thread in (first, waiting):
+        thread.join(10)
+    assert not cache.syncing
+    assert len(table.loads) == 2
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():

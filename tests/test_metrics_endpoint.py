@@ -153,8 +153,8 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         run_studies(port, trials)
         created = sum(trials.values())
         with proxy_client(port) as reader:  # a read of each study brings its cache up to date
-            for name in trials:
-                assert len(optuna.load_study(study_name=name, storage=reader).trials) == trials[name]
+            for name, count in trials.items():
+                assert len(optuna.load_study(study_name=name, storage=reader).trials) == count
         after = settled(admin)
         assert value(after, "shardproxy_cached_trials") == created
 

@@ -85,8 +85,8 @@ class CreateTrial:
         for _, value, distribution in self.template.params:
             check_param_value(value)
             parse_distribution(distribution)
-        for _, value in (*self.template.user_attrs, *self.template.system_attrs):
-            check_json(value)
+        for _, json_text in (*self.template.user_attrs, *self.template.system_attrs):
+            check_json(json_text)
 
 
 @dataclass

@@ -210,5 +210,5 @@ def test_a_batch_smaller_than_its_statement_inserts_only_its_own_trials(
         numbers = _numbers_by_id(rdb, study_id)
         # The earlier trials, then this batch's, numbered on from them: nothing more.
         assert sorted(numbers.values()) == list(range(i + wanted.count(study_id)))
-        assert {numbers[t] for t, s in zip(ids, wanted) if s == study_id} == set(
+        assert {numbers[t] for t, s in zip(ids, wanted, strict=True) if s == study_id} == set(
             range(i, i + wanted.count(study_id)))

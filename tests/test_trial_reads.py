@@ -1,0 +1,146 @@
+"""GetTrial's batched reads of single trials, on their own.
+
+The database is stood in for by a table of rows behind the `load(trial_ids)`
+signature the store provides, so that a test can hold a batch in flight and change
+the rows meanwhile. Through the server with a real database they are tested by the
+conformance suite (tests/test_conformance.py) and tests/test_metrics_endpoint.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from shardproxy.rows import COMPLETE, RUNNING, TrialRow
+from shardproxy.trial_reads import TrialReads
+from tests.test_cache import trial, wait_until
+
+
+class Table:
+    """Trial rows by id, and the ids each load asked for."""
+
+    def __init__(self, *rows: TrialRow) -> None:
+        self.rows = {row.trial_id: row for row in rows}
+        self.loads: list[list[int]] = []
+        self.hold: threading.Event | None = None  # while set, a load waits for it
+        self.failure: Exception | None = None  # raised by the next loads
+        self._lock = threading.Lock()
+
+    def load(self, trial_ids: Sequence[int]) -> list[TrialRow]:
+        with self._lock:
+            self.loads.append(list(trial_ids))
+            snapshot = dict(self.rows)  # the database as the load began
+        hold = self.hold
+        if hold is not None:
+            hold.wait()
+        if self.failure is not None:
+            raise self.failure
+        return [snapshot[i] for i in trial_ids if i in snapshot]
+
+
+class Reader(threading.Thread):
+    """One GetTrial's read on a thread of its own, its outcome kept."""
+
+    def __init__(self, reads: TrialReads, trial_id: int) -> None:
+        super().__init__()
+        self._reads, self._trial_id = reads, trial_id
+        self.row: TrialRow | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.row = self._reads.read(self._trial_id)
+        except BaseException as exc:  # noqa: BLE001 - kept for the test to look at
+            self.error = exc
+
+
+def test_a_lone_read_is_one_load_of_its_trial() -> None:
+    table = Table(trial(1), trial(2, RUNNING))
+    reads = TrialReads(table.load)
+    assert reads.read(2) == trial(2, RUNNING)
+    assert reads.read(3) is None  # no such trial
+    assert table.loads == [[2], [3]]
+
+
+def test_reads_arriving_during_a_batch_share_the_next_one_which_sees_later_writes() -> None:
+    """The running batch began before they arrived, so it may miss a write their
+    clients saw acknowledged: they need a batch that starts later, one for all."""
+    table = Table(trial(1, RUNNING), trial(2, RUNNING), trial(3, RUNNING))
+    sizes: list[int] = []
+    reads = TrialReads(table.load, on_batch=sizes.append)
+    table.hold = threading.Event()
+    first = Reader(reads, 1)
+    first.start()
+    assert wait_until(lambda: len(table.loads) == 1)
+
+    table.rows[2] = trial(2, COMPLETE, value=5.0)  # committed after that batch began
+    later = [Reader(reads, 2), Reader(reads, 3), Reader(reads, 2)]
+    for reader in later:
+        reader.start()
+    assert wait_until(lambda: len(reads._queue) == 3)  # noqa: SLF001
+    held, table.hold = table.hold, None
+    held.set()
+    for reader in (first, *later):
+        reader.join(10)
+
+    assert table.loads == [[1], [2, 3]]  # each id once in the batch
+    assert sizes == [1, 3]
+    assert first.row == trial(1, RUNNING)
+    assert [r.row for r in later] == [trial(2, COMPLETE, 5.0), trial(3, RUNNING),
+                                      trial(2, COMPLETE, 5.0)]
+
+
+def test_a_long_queue_is_served_in_batches_of_at_most_max_batch() -> None:
+    table = Table(*(trial(i) for i in range(1, 8)))
+    reads = TrialReads(table.load, max_batch=3)
+    table.hold = threading.Event()
+    first = Reader(reads, 1)
+    first.start()
+    assert wait_until(lambda: len(table.loads) == 1)
+    queued = [Reader(reads, i) for i in range(2, 8)]
+    for reader in queued:
+        reader.start()
+    assert wait_until(lambda: len(reads._queue) == 6)  # noqa: SLF001
+    held, table.hold = table.hold, None
+    held.set()
+    for reader in (first, *queued):
+        reader.join(10)
+
+    assert [len(ids) for ids in table.loads] == [1, 3, 3]
+    assert sorted(i for ids in table.loads for i in ids) == list(range(1, 8))
+    assert [r.row for r in queued] == [trial(i) for i in range(2, 8)]
+
+
+def test_a_failed_load_fails_every_read_of_its_batch_and_not_the_next() -> None:
+    table = Table(trial(1), trial(2))
+    reads = TrialReads(table.load)
+    table.hold = threading.Event()
+    first = Reader(reads, 1)
+    first.start()
+    assert wait_until(lambda: len(table.loads) == 1)
+    batch = [Reader(reads, 1), Reader(reads, 2)]
+    for reader in batch:
+        reader.start()
+    assert wait_until(lambda: len(reads._queue) == 2)  # noqa: SLF001
+    table.failure = ConnectionError("database went away")
+    held, table.hold = table.hold, None
+    held.set()
+    for reader in (first, *batch):
+        reader.join(10)
+
+    assert all(isinstance(r.error, ConnectionError) for r in (first, *batch))
+    assert all(r.row is None for r in (first, *batch))
+    table.failure = None
+    assert reads.read(2) == trial(2)  # the next batch is a new try
+
+
+def test_an_error_in_the_batch_callback_fails_the_reads_rather_than_hanging_them() -> None:
+    def on_batch(size: int) -> None:
+        raise RuntimeError("metrics broke")
+
+    reads = TrialReads(Table(trial(1)).load, on_batch=on_batch)
+    with pytest.raises(RuntimeError, match="metrics broke"):
+        reads.read(1)
+    assert not reads._running  # noqa: SLF001 - the next read can start a batch
