@@ -93,11 +93,19 @@ def wire_datetime(utc_naive: datetime | None) -> str:
 
 
 def stored_datetime(wire: str) -> datetime | None:
-    """A wire datetime (naive local time) as the naive UTC datetime Optuna stores.
+    """A request's datetime as the naive UTC datetime Optuna stores.
 
-    Raises ValueError on text that is not in the wire format.
+    Optuna's clients up to 5.0 send naive local time in WIRE_DATETIME_FORMAT; from
+    5.1 on, ISO 8601 in UTC with its offset ("2026-12-06T05:19:01.233919+00:00").
+    Both are read, as Optuna 5.1's own servicer reads them: naive text is local
+    time. Replies keep the naive local form, which clients of both kinds read.
+    Raises ValueError on text that is neither.
     """
     if not wire:
         return None
-    local = datetime.strptime(wire, WIRE_DATETIME_FORMAT)
-    return local.astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        moment = datetime.fromisoformat(wire)
+    except ValueError:  # a year below 1000, which strftime does not pad
+        moment = datetime.strptime(wire, WIRE_DATETIME_FORMAT)
+    # astimezone() reads a naive datetime as local time.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)

@@ -70,6 +70,22 @@ def test_the_text_reads_back(zone: str) -> None:
     assert rows.stored_datetime(rows.wire_datetime(moment)) == moment
 
 
+def test_utc_iso_text_from_newer_clients_reads_as_the_same_moment(zone: str) -> None:
+    """Optuna 5.1's client sends UTC with its offset; 5.0's naive local time."""
+    stored = datetime(2026, 11, 30, 12, 34, 56, 789)
+    aware = stored.replace(tzinfo=timezone.utc)
+    assert rows.stored_datetime(aware.isoformat(timespec="microseconds")) == stored
+    in_berlin = aware.astimezone(timezone(timedelta(hours=1)))
+    assert rows.stored_datetime(in_berlin.isoformat()) == stored
+    assert rows.stored_datetime(rows.wire_datetime(stored)) == stored
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01 00:00:00.000000", "12:00"])
+def test_text_that_is_no_datetime_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        rows.stored_datetime(text)
+
+
 def test_the_offset_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rows, "_MAX_OFFSETS", 10)
     rows._offsets.clear()

@@ -9,7 +9,7 @@ conformance suite (tests/test_conformance.py) and tests/test_metrics_endpoint.py
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -56,6 +56,29 @@ class Reader(threading.Thread):
             self.error = exc
 
 
+def behind_a_running_batch(
+    reads: TrialReads, table: Table, first_id: int, queued_ids: Sequence[int],
+    meanwhile: Callable[[], None] = lambda: None,
+) -> tuple[Reader, list[Reader]]:
+    """A read of `first_id` whose batch is held in its load while `meanwhile` runs
+    and reads of `queued_ids` queue behind it; then the load goes on. Returns the
+    readers, finished."""
+    table.hold = threading.Event()
+    first = Reader(reads, first_id)
+    first.start()
+    assert wait_until(lambda: len(table.loads) == 1)
+    meanwhile()
+    queued = [Reader(reads, trial_id) for trial_id in queued_ids]
+    for reader in queued:
+        reader.start()
+    assert wait_until(lambda: len(reads._queue) == len(queued))  # noqa: SLF001
+    held, table.hold = table.hold, None
+    held.set()
+    for reader in (first, *queued):
+        reader.join(10)
+    return first, queued
+
+
 def test_a_lone_read_is_one_load_of_its_trial() -> None:
     table = Table(trial(1), trial(2, RUNNING))
     reads = TrialReads(table.load)
@@ -70,20 +93,11 @@ def test_reads_arriving_during_a_batch_share_the_next_one_which_sees_later_write
     table = Table(trial(1, RUNNING), trial(2, RUNNING), trial(3, RUNNING))
     sizes: list[int] = []
     reads = TrialReads(table.load, on_batch=sizes.append)
-    table.hold = threading.Event()
-    first = Reader(reads, 1)
-    first.start()
-    assert wait_until(lambda: len(table.loads) == 1)
 
-    table.rows[2] = trial(2, COMPLETE, value=5.0)  # committed after that batch began
-    later = [Reader(reads, 2), Reader(reads, 3), Reader(reads, 2)]
-    for reader in later:
-        reader.start()
-    assert wait_until(lambda: len(reads._queue) == 3)  # noqa: SLF001
-    held, table.hold = table.hold, None
-    held.set()
-    for reader in (first, *later):
-        reader.join(10)
+    def write() -> None:  # committed after the running batch began
+        table.rows[2] = trial(2, COMPLETE, value=5.0)
+
+    first, later = behind_a_running_batch(reads, table, 1, [2, 3, 2], meanwhile=write)
 
     assert table.loads == [[1], [2, 3]]  # each id once in the batch
     assert sizes == [1, 3]
@@ -95,18 +109,7 @@ def test_reads_arriving_during_a_batch_share_the_next_one_which_sees_later_write
 def test_a_long_queue_is_served_in_batches_of_at_most_max_batch() -> None:
     table = Table(*(trial(i) for i in range(1, 8)))
     reads = TrialReads(table.load, max_batch=3)
-    table.hold = threading.Event()
-    first = Reader(reads, 1)
-    first.start()
-    assert wait_until(lambda: len(table.loads) == 1)
-    queued = [Reader(reads, i) for i in range(2, 8)]
-    for reader in queued:
-        reader.start()
-    assert wait_until(lambda: len(reads._queue) == 6)  # noqa: SLF001
-    held, table.hold = table.hold, None
-    held.set()
-    for reader in (first, *queued):
-        reader.join(10)
+    _, queued = behind_a_running_batch(reads, table, 1, range(2, 8))
 
     assert [len(ids) for ids in table.loads] == [1, 3, 3]
     assert sorted(i for ids in table.loads for i in ids) == list(range(1, 8))
@@ -116,19 +119,11 @@ def test_a_long_queue_is_served_in_batches_of_at_most_max_batch() -> None:
 def test_a_failed_load_fails_every_read_of_its_batch_and_not_the_next() -> None:
     table = Table(trial(1), trial(2))
     reads = TrialReads(table.load)
-    table.hold = threading.Event()
-    first = Reader(reads, 1)
-    first.start()
-    assert wait_until(lambda: len(table.loads) == 1)
-    batch = [Reader(reads, 1), Reader(reads, 2)]
-    for reader in batch:
-        reader.start()
-    assert wait_until(lambda: len(reads._queue) == 2)  # noqa: SLF001
-    table.failure = ConnectionError("database went away")
-    held, table.hold = table.hold, None
-    held.set()
-    for reader in (first, *batch):
-        reader.join(10)
+
+    def fail() -> None:
+        table.failure = ConnectionError("database went away")
+
+    first, batch = behind_a_running_batch(reads, table, 1, [1, 2], meanwhile=fail)
 
     assert all(isinstance(r.error, ConnectionError) for r in (first, *batch))
     assert all(r.row is None for r in (first, *batch))

@@ -2,7 +2,7 @@
 
 Optuna's client parses a reply into protobuf messages, then builds each trial with
 `_from_proto_trial`, which parses every parameter's distribution from its JSON and
-each datetime with `strptime`. Here the codec that encodes the replies on the
+each datetime (with `strptime` up to Optuna 5.0). Here the codec that encodes the replies on the
 proxy (`shardproxy._codec`) reads them back into rows, a distribution is parsed
 once per distinct JSON text (a study has few), and datetimes are read with
 `datetime.fromisoformat`. The trials are equal to those Optuna's client builds.
@@ -92,5 +92,10 @@ class TrialDecoder:
 
 
 def _datetime(text: str) -> Any:
-    # "%Y-%m-%d %H:%M:%S.%f", which fromisoformat reads (and much faster than strptime).
-    return datetime.fromisoformat(text) if text else None
+    # Naive local time ("%Y-%m-%d %H:%M:%S.%f", from shardproxy and Optuna up to 5.0)
+    # or, from Optuna 5.1's servicer, UTC with its offset: both read by fromisoformat
+    # (much faster than strptime); Optuna's client makes the aware one naive local.
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is None else moment.astimezone().replace(tzinfo=None)
