@@ -6,6 +6,7 @@ Python values as the database holds them, ready to be encoded on the wire.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
@@ -90,6 +91,26 @@ def wire_datetime(utc_naive: datetime | None) -> str:
         return local.strftime(WIRE_DATETIME_FORMAT)
     # The same text as WIRE_DATETIME_FORMAT, several times faster than strftime.
     return local.isoformat(" ", "microseconds")
+
+
+def local_zone_is_utc() -> bool:
+    """Whether this process's local time is UTC (at every date): its wire datetimes
+    are then the stored ones. Asked again each time, as TZ may change."""
+    return time.timezone == 0 and not time.daylight and tuple(time.tzname) == ("UTC", "UTC")
+
+
+def wire_datetime_of_text(utc_text: str | None, zone_is_utc: bool) -> str:
+    """A stored naive UTC datetime, read as text in WIRE_DATETIME_FORMAT with the
+    year in four digits, as the wire's naive local time.
+
+    Where the local zone is UTC (`zone_is_utc`, from `local_zone_is_utc`) that is the
+    text itself, unless the year is below 1000 (the wire does not pad it): no
+    datetime object made, which was about a third of a first read's CPU."""
+    if utc_text is None:
+        return ""
+    if zone_is_utc and utc_text[0] != "0":
+        return utc_text
+    return wire_datetime(datetime.fromisoformat(utc_text))
 
 
 def stored_datetime(wire: str) -> datetime | None:

@@ -65,6 +65,20 @@ def test_edges_match(zone: str) -> None:
     assert rows.wire_datetime(None) == ""
 
 
+def test_stored_text_gives_the_text_of_the_datetime_in_any_zone(zone: str) -> None:
+    """Loads read the stored datetimes as text: where the zone is UTC that text is
+    passed on as it is, elsewhere it is converted; either way the wire text of the
+    datetime itself."""
+    moments = [datetime(2026, 3, 29, 0, 59, 59, 999_999), datetime(2026, 7, 1, 12, 0),
+               datetime(1970, 1, 1), datetime(999, 12, 31, 23, 59, 59)]
+    for moment in moments:
+        text = f"{moment.year:04d}-" + moment.strftime("%m-%d %H:%M:%S.%f")
+        wire = rows.wire_datetime_of_text(text, rows.local_zone_is_utc())
+        assert wire == rows.wire_datetime(moment), (zone, moment)
+    assert rows.wire_datetime_of_text(None, rows.local_zone_is_utc()) == ""
+    assert rows.local_zone_is_utc() == (zone == "UTC")
+
+
 def test_the_text_reads_back(zone: str) -> None:
     moment = datetime(2026, 11, 30, 12, 34, 56, 789)
     assert rows.stored_datetime(rows.wire_datetime(moment)) == moment

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
-    DateTime,
     Float,
     Integer,
     Select,
@@ -38,8 +37,10 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
-from shardproxy.rows import STATE_BY_NAME, TrialRow, wire_datetime
+from shardproxy.rows import STATE_BY_NAME, TrialRow, local_zone_is_utc, wire_datetime_of_text
 from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.newer import MAX_TRIAL_ID, trial_ids_of_study
 from shardproxy.store.prepared import Prepared
@@ -141,6 +142,37 @@ def _next_power_of_two(n: int) -> int:
 _COLUMNS = ("kind", "trial_id", "ordinal", "text", "number", "json", "start", "complete")
 
 
+class _WireText(FunctionElement[str]):
+    """A stored datetime (naive UTC) as text in the wire's format with a four-digit
+    year, made by the database: the driver then returns a string, not a datetime
+    object to be formatted again (`wire_datetime_of_text`)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_WireText, "postgresql")
+def _wire_text_postgresql(element: _WireText, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    text = func.to_char(column, literal("YYYY-MM-DD HH24:MI:SS.US"))
+    return str(compiler.process(text, **kw))
+
+
+@compiles(_WireText, "mysql")
+@compiles(_WireText, "mariadb")
+def _wire_text_mysql(element: _WireText, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    text = func.date_format(column, literal("%Y-%m-%d %H:%i:%s.%f"))
+    return str(compiler.process(text, **kw))
+
+
+@compiles(_WireText)
+def _wire_text_stored(element: _WireText, compiler: Any, **kw: Any) -> str:
+    # SQLite: SQLAlchemy stores a datetime as that very text.
+    (column,) = element.clauses
+    return str(compiler.process(cast(column, Text), **kw))
+
+
 def _columns(*values: Any) -> list[Any]:
     """Labelled, so that equal expressions in one SELECT stay separate columns."""
     return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
@@ -159,7 +191,7 @@ def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
     """
     no_float = cast(null(), Float)
     no_text = cast(null(), Text)
-    no_time = cast(null(), DateTime)
+    no_time = cast(null(), String)  # the datetimes are read as text (`_WireText`)
     if by_array:
         cte = wanted.cte("wanted")
         ids: Any = func.array(select(cte.c.trial_id).scalar_subquery())
@@ -185,7 +217,7 @@ def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
         select(*_columns(
             literal(_TRIAL, Integer), trials.c.trial_id, trials.c.number,
             cast(trials.c.state, String), no_float, no_text,
-            trials.c.datetime_start, trials.c.datetime_complete,
+            _WireText(trials.c.datetime_start), _WireText(trials.c.datetime_complete),
         )).where(of_wanted(trials.c.trial_id)),
         child(_PARAM, trial_params, trial_params.c.param_id, trial_params.c.param_name,
               trial_params.c.param_value, trial_params.c.distribution_json),
@@ -229,11 +261,12 @@ def _assemble(
     study_found = False
     mark: SyncMark | None = None
     current: TrialRow | None = None
+    utc = local_zone_is_utc()
     for kind, trial_id, order, text, number, json, start, complete in result:
         if kind == _TRIAL:
             current = TrialRow(
-                trial_id, order, STATE_BY_NAME[text], [], wire_datetime(start),
-                wire_datetime(complete), [], [], [], [],
+                trial_id, order, STATE_BY_NAME[text], [], wire_datetime_of_text(start, utc),
+                wire_datetime_of_text(complete, utc), [], [], [], [],
             )
             rows.append(current)
         elif kind == _STUDY:
