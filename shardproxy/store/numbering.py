@@ -60,6 +60,7 @@ from shardproxy.store import cluster
 from shardproxy.store.newer import trial_ids_of_study
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trials
+from shardproxy.store.sql import statement_size
 
 # Bounds on the statements built per shape (each is compiled and kept): larger
 # batches take the plain way, whose extra statement they share.
@@ -135,7 +136,7 @@ def trials_so_far(
     ordered = sorted(study_ids)
     if not ordered:
         return {}
-    shape = _shape(len(ordered))
+    shape = statement_size(len(ordered))
     statement = _trials_so_far(shape, conn.dialect.name)
     rows = statement.execute(conn, _count_params(ordered, counted, shape)).all()
     found = {int(study_id): count for study_id, count in rows if study_id is not None}
@@ -152,7 +153,7 @@ def insert_numbered(
     Returns the new ids by (study_id, number); StaleCount if a remembered count is off.
     """
     ordered = sorted({study_id for study_id, _ in places})
-    studies_shape, rows_shape = _shape(len(ordered)), _shape(len(places))
+    studies_shape, rows_shape = statement_size(len(ordered)), statement_size(len(places))
     params = _count_params(ordered, counted, studies_shape)
     params["now"] = now
     for i in range(rows_shape):
@@ -226,13 +227,6 @@ def counted_after(new_ids: Mapping[tuple[int, int], int]) -> dict[int, Counted]:
 
 
 # -- statements ------------------------------------------------------------------------
-
-
-def _shape(count: int) -> int:
-    """The statement size that serves `count` rows or studies: the next power of two,
-    so that a few shapes are rendered (each costs tens of milliseconds once) rather
-    than one per batch size; the places past `count` are filled with no study."""
-    return 1 << (count - 1).bit_length()
 
 
 def _count_params(

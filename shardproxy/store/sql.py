@@ -25,6 +25,14 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def statement_size(count: int) -> int:
+    """The size of statement that serves `count` rows, ids or studies: the next power
+    of two, so that a few shapes are rendered and kept (each costs tens of
+    milliseconds once) rather than one per batch size. The caller fills the places
+    past `count` with values that match nothing."""
+    return 1 << (count - 1).bit_length()
+
+
 def upsert(
     conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]
 ) -> None:
