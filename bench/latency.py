@@ -57,16 +57,14 @@ def proxy_latency(target: str, study_id: int, last_trial_id: int, samples: int,
         grpc.channel_ready_future(channel).result(timeout=60)  # connected before the clock
         first_raw = _timed(lambda: get_trials(wire.get_trials(twin_id, (), -1),
                                               timeout=FULL_READ_LIMIT))
-    host, _, port = target.rpartition(":")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        client = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
-    try:
-        first = _timed(lambda: client.get_all_trials(study_id, deepcopy=False))
-    finally:
-        client.close()
-    with grpc.insecure_channel(target, options=options) as channel:
-        get_trials = channel.unary_unary(wire.method_path("GetTrials"))
+        host, _, port = target.rpartition(":")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            client = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        try:
+            first = _timed(lambda: client.get_all_trials(study_id, deepcopy=False))
+        finally:
+            client.close()
         full = wire.get_trials(study_id, (), -1)
         delta = wire.get_trials(study_id, (), last_trial_id)
         again = _timed(lambda: get_trials(full, timeout=FULL_READ_LIMIT))

@@ -46,8 +46,9 @@ class Studies:
     ids: tuple[int, ...]
     synced: tuple[int, int] | None = None  # last trial id and trials of a pre-filled study
     # (size, study id, last id, twin id): the twin, of the same trials, is read first
-    # on raw bytes, for the server's share of a first read on its own.
-    latency_studies: tuple[tuple[int, int, int, int], ...] = ()
+    # on raw bytes, for the server's share of a first read on its own; None where no
+    # server answers (direct workers).
+    latency_studies: tuple[tuple[int, int, int, int | None], ...] = ()
 
 
 def _database(system: str, setup: Setup) -> contextlib.AbstractContextManager:
@@ -56,7 +57,9 @@ def _database(system: str, setup: Setup) -> contextlib.AbstractContextManager:
     return databases.fresh_database(setup.backend, setup.server_url)
 
 
-def _prepare_studies(scenario: Scenario, db: databases.Database | None) -> Studies:
+def _prepare_studies(scenario: Scenario, db: databases.Database | None,
+                     twins: bool) -> Studies:
+    """`twins`: a twin of each latency study, for a server's first read on raw bytes."""
     tag = uuid.uuid4().hex[:6]
     names = tuple(f"{scenario.name}-{tag}-{i}" for i in range(scenario.studies))
     if db is None:
@@ -71,8 +74,10 @@ def _prepare_studies(scenario: Scenario, db: databases.Database | None) -> Studi
     # that has read it once, as it would after its first client.
     latency_studies = []
     for size in scenario.latency_sizes:
-        (twin_id,) = databases.create_studies(db.url, [f"{names[0]}-size-{size}-raw"])
-        databases.prefill(db.url, twin_id, size, params)
+        twin_id = None
+        if twins:
+            (twin_id,) = databases.create_studies(db.url, [f"{names[0]}-size-{size}-raw"])
+            databases.prefill(db.url, twin_id, size, params)
         if synced is not None and size == scenario.prefill:
             latency_studies.append((size, ids[0], synced[0], twin_id))
             continue
@@ -129,6 +134,7 @@ def _latencies(system: str, proxy: RunningProxy | None, db: databases.Database |
     for size, study_id, last_id, twin_id in studies.latency_studies:
         say(f"GetTrials on a {size}-trial study ...")
         if proxy is not None:
+            assert twin_id is not None  # made for every proxy
             results[str(size)] = latency.proxy_latency(proxy.target, study_id, last_id,
                                                        scenario.latency_samples, twin_id)
         elif db is not None:
@@ -150,7 +156,7 @@ def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup
                             "workers": setup.proxy.workers if system in PROXIES else None}
     try:
         with _database(system, setup) as db:
-            studies = _prepare_studies(scenario, db)
+            studies = _prepare_studies(scenario, db, twins=system in PROXIES)
             with _system(system, db, setup) as proxy:
                 if proxy is not None:
                     cell["proxy_cpus"] = sorted(os.sched_getaffinity(proxy.pid))

@@ -34,6 +34,7 @@ from bench import databases
 from bench.memory.cached_trials import full_read, study_owned_by
 from bench.memory.proctree import rss_kib, tree_rss, workers
 from bench.memory.proxy import FULL_READ_OPTIONS, SETTLE, get_all_trials, serve, warm_up
+from shardproxy.cache import TRIAL_OVERHEAD
 
 SAMPLE_EVERY = 1.0  # seconds between RSS samples
 
@@ -155,8 +156,6 @@ def measure_soak(url: str, args: argparse.Namespace, say: Any) -> dict[str, Any]
         samples.append(sample(proxy.pid, pids, started, len(readers.replies)))
         time.sleep(SETTLE)
         final = snapshot(proxy.pid, pids)
-    from shardproxy.cache import TRIAL_OVERHEAD
-
     # The cache's own count of each study: its encodings (the reply) and 16 bytes a trial.
     cached_bytes = sum(size + args.soak_trials * TRIAL_OVERHEAD
                        for size in readers.first_reply.values())
