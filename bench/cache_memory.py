@@ -66,7 +66,8 @@ def measure(url: str, big: int, small: int, size: int, mode: str) -> dict[str, A
 
         def traced_load(*args: Any) -> Any:
             rows = load(*args)
-            if len(rows) > 1000:
+            # A first read streams the study (no list to weigh): its peak tells.
+            if isinstance(rows, list) and len(rows) > 1000:
                 out["store_returned_live_per_trial"] = round(
                     (tracemalloc.get_traced_memory()[0] - base) / size, 1)
             return rows

@@ -48,7 +48,8 @@ import math
 import threading
 import time
 from bisect import bisect_right, insort
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import islice
 from typing import NamedTuple
 
 from shardproxy import codec
@@ -56,9 +57,10 @@ from shardproxy.heap import collector_paused, trim_c_heap
 from shardproxy.packed_trials import Buffer, PackedTrials
 from shardproxy.rows import TrialRow
 
-# load_trials(study_id, id_greater_than, ids) -> rows sorted by trial_id; KeyError
-# when the study does not exist.
-LoadTrials = Callable[[int, int, Collection[int]], list[TrialRow]]
+# load_trials(study_id, id_greater_than, ids) -> rows sorted by trial_id, as a list
+# or an iterator that reads as it is consumed; KeyError when the study does not
+# exist (from the iterator: once it has run out).
+LoadTrials = Callable[[int, int, Collection[int]], Iterable[TrialRow]]
 # Told, as each sync starts, how many reads it serves (metrics); None: nobody listens.
 OnSync = Callable[[int], None] | None
 # Told the id of a study found replaced by another with the same id (see above).
@@ -328,19 +330,19 @@ class StudyCache:
     def _refresh_now(self) -> int:
         """Reads the delta and adds it; how many rows it read."""
         rows, witness = self._fetch_delta()
-        if witness is not None and not witness.still_holds(
-            next((row for row in rows if row.trial_id == witness.trial_id), None)
-        ):
-            with self._lock:
-                self._empty()
-            if self._on_replaced is not None:
-                self._on_replaced(self.study_id)
-            rows, _ = self._fetch_delta()
-        count = len(rows)
-        self._apply(rows)
-        return count
+        if witness is not None:
+            rows = list(rows)
+            if not witness.still_holds(
+                next((row for row in rows if row.trial_id == witness.trial_id), None)
+            ):
+                with self._lock:
+                    self._empty()
+                if self._on_replaced is not None:
+                    self._on_replaced(self.study_id)
+                rows, _ = self._fetch_delta()
+        return self._apply(rows)
 
-    def _fetch_delta(self) -> tuple[list[TrialRow], _Witness | None]:
+    def _fetch_delta(self) -> tuple[Iterable[TrialRow], _Witness | None]:
         with self._lock:
             max_id = self._max_id
             wanted = list(self._unfinished)
@@ -349,18 +351,17 @@ class StudyCache:
             wanted.append(witness.trial_id)
         return self._load_trials(self.study_id, max_id, wanted), witness
 
-    def _apply(self, rows: list[TrialRow]) -> None:
-        """Adds `rows` (sorted by id) a chunk at a time, emptying the list as it goes,
-        so that each chunk's rows are freed once they are encoded."""
-        rows.reverse()  # chunks are cut from the end: O(chunk) each
-        while rows:
-            chunk = rows[-APPLY_CHUNK:]
-            del rows[-APPLY_CHUNK:]
-            chunk.reverse()
+    def _apply(self, rows: Iterable[TrialRow]) -> int:
+        """Adds `rows` (sorted by id) a chunk at a time, so that each chunk's rows
+        are freed once they are encoded; how many rows there were."""
+        count = 0
+        for chunk in _chunks(rows, APPLY_CHUNK):
+            count += len(chunk)
             self._apply_chunk(chunk)
             del chunk
             if len(self._recent) >= PACK_AFTER:
                 self._pack()
+        return count
 
     def _apply_chunk(self, rows: list[TrialRow]) -> None:
         # Only the sync running now changes the cache, so it reads it without the
@@ -419,6 +420,22 @@ class StudyCache:
             self._recent = {}
             self._loose_ids = [i for i in self._loose_ids if i in self._unfinished]
             self._loose_bytes -= sum(map(len, recent.values()))
+
+
+def _chunks(rows: Iterable[TrialRow], size: int) -> Iterator[list[TrialRow]]:
+    """`rows` `size` at a time. A list is emptied as it goes, so that a chunk's rows
+    are freed once the caller has dropped it; an iterator is read as it goes."""
+    if isinstance(rows, list):
+        rows.reverse()  # chunks are cut from the end: O(chunk) each
+        while rows:
+            chunk = rows[-size:]
+            del rows[-size:]
+            chunk.reverse()
+            yield chunk
+        return
+    remaining = iter(rows)
+    while chunk := list(islice(remaining, size)):
+        yield chunk
 
 
 def _same_row(old: TrialRow, new: TrialRow) -> bool:

@@ -103,9 +103,10 @@ class Worker:
         self.store = store = store or open_store(config)
         self.metrics = metrics = metrics or Metrics()
         self.caches = StudyCaches(
-            lambda study_id, id_greater_than, ids: store.load_trials(
-                study_id, id_greater_than=id_greater_than, ids=ids
-            ),
+            # A first read streams the study; a sync reads its delta as a list.
+            lambda study_id, id_greater_than, ids: store.stream_study(study_id)
+            if id_greater_than < 0 and not ids
+            else store.load_trials(study_id, id_greater_than=id_greater_than, ids=ids),
             config.cache_max_trials,
             max_bytes=config.cache_bytes_per_worker,
             sync_window=config.sync_window,

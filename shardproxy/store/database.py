@@ -19,11 +19,13 @@ locking to hold:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 # How long a SQLite connection waits for another process's write lock before
 # reporting "database is locked" (which the store then retries).
@@ -55,6 +57,23 @@ def make_read_engine(url: str, pool_size: int) -> Engine:
         pool_reset_on_return=None,
         **_pool_options(pool_size),
     )
+
+
+@contextlib.contextmanager
+def cursor_scope(conn: Connection) -> Iterator[None]:
+    """Where a server-side cursor may live on a reader's connection (autocommit).
+
+    PostgreSQL's named cursors live only in a transaction: there this opens one
+    (READ COMMITTED: the cursor's statement sees one snapshot) and ends it
+    afterwards, and the connection goes back to its pool in autocommit.
+    Elsewhere the statement runs as it would without a cursor of its own.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.execution_options(isolation_level="READ COMMITTED")
+    with conn.begin():
+        yield
 
 
 def make_write_engine(url: str, pool_size: int) -> Engine:

@@ -15,7 +15,7 @@ store learns id ranges where no trial of the study can appear any more
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -119,6 +119,41 @@ def load_trials(
         # be minutes away for a pooled connection: one trivial query lets it go now.
         conn.exec_driver_sql("SELECT 1")
     return Loaded(rows, mark)
+
+
+# Result rows a streamed load takes from the driver at a time (a trial is one row,
+# and one per param, value, intermediate value and attribute).
+STREAM_FETCH = 2000
+
+
+class StudyStream:
+    """Every trial of a study, by id, assembled as the driver delivers the rows
+    (`Prepared.stream`): one statement and one snapshot, as `load_trials`, but
+    the rows of a fetch at a time rather than the whole study's at once.
+
+    `found` and `mark` are those of `load_trials`, known once `rows` has run out.
+    `close` it before the connection goes back to its pool.
+    """
+
+    def __init__(self, conn: Connection, study_id: int) -> None:
+        self._assembly = _Assembly()
+        whole_study = _LOADS[conn.dialect.name == "postgresql"].whole_study
+        self._fetched = whole_study.stream(conn, {"sid": study_id}, STREAM_FETCH)
+        self.rows = self._assembly.rows(self._fetched)
+
+    def close(self) -> None:
+        """Lets the cursor go, also when the rows have not run out: before its
+        connection serves anything else."""
+        self.rows.close()
+        self._fetched.close()
+
+    @property
+    def found(self) -> bool:
+        return self._assembly.found
+
+    @property
+    def mark(self) -> SyncMark | None:
+        return self._assembly.mark
 
 
 def load_trials_by_id(conn: Connection, ids: Sequence[int]) -> list[TrialRow]:
@@ -250,41 +285,57 @@ def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
     return select(union).order_by(union.c.trial_id, union.c.kind, union.c.ordinal)
 
 
+class _Assembly:
+    """Trial rows assembled from a load's result rows, in the order they come.
+
+    `found` and `mark` (the study's row: it exists, and on PostgreSQL the load's
+    `SyncMark`) are known once `rows` has run to its end.
+    """
+
+    def __init__(self) -> None:
+        self.found = False
+        self.mark: SyncMark | None = None
+
+    def rows(self, result: Iterable[Sequence[Any]]) -> Generator[TrialRow, None, None]:
+        current: TrialRow | None = None
+        utc = local_zone_is_utc()
+        for kind, trial_id, order, text, number, json, start, complete in result:
+            if kind == _TRIAL:
+                if current is not None:
+                    yield current
+                current = TrialRow(
+                    trial_id, order, STATE_BY_NAME[text], [], wire_datetime_of_text(start, utc),
+                    wire_datetime_of_text(complete, utc), [], [], [], [],
+                )
+            elif kind == _STUDY:
+                self.found = True
+                if text:
+                    xmin, _, xmax = text.partition(":")
+                    self.mark = SyncMark(int(order), int(xmin), int(xmax))
+            elif current is None or current.trial_id != trial_id:
+                continue  # a child row of a trial committed after the snapshot of its parent
+            elif kind == _PARAM:
+                current.params.append((text, number, json))
+            elif kind == _VALUE:
+                special = _INF[text]
+                current.values.append(number if special is None else special)
+            elif kind == _INTERMEDIATE:
+                special = _INF[text]
+                current.intermediate_values.append((order, number if special is None else special))
+            elif kind == _USER_ATTR:
+                current.user_attrs.append((text, json))
+            else:
+                current.system_attrs.append((text, json))
+        if current is not None:
+            yield current
+
+
 def _assemble(
     result: Iterable[Sequence[Any]],
 ) -> tuple[list[TrialRow], bool, SyncMark | None]:
-    rows: list[TrialRow] = []
-    study_found = False
-    mark: SyncMark | None = None
-    current: TrialRow | None = None
-    utc = local_zone_is_utc()
-    for kind, trial_id, order, text, number, json, start, complete in result:
-        if kind == _TRIAL:
-            current = TrialRow(
-                trial_id, order, STATE_BY_NAME[text], [], wire_datetime_of_text(start, utc),
-                wire_datetime_of_text(complete, utc), [], [], [], [],
-            )
-            rows.append(current)
-        elif kind == _STUDY:
-            study_found = True
-            if text:
-                xmin, _, xmax = text.partition(":")
-                mark = SyncMark(int(order), int(xmin), int(xmax))
-        elif current is None or current.trial_id != trial_id:
-            continue  # a child row of a trial committed after the snapshot of its parent
-        elif kind == _PARAM:
-            current.params.append((text, number, json))
-        elif kind == _VALUE:
-            special = _INF[text]
-            current.values.append(number if special is None else special)
-        elif kind == _INTERMEDIATE:
-            special = _INF[text]
-            current.intermediate_values.append((order, number if special is None else special))
-        elif kind == _USER_ATTR:
-            current.user_attrs.append((text, json))
-        else:
-            current.system_attrs.append((text, json))
-    return rows, study_found, mark
+    assembly = _Assembly()
+    rows = list(assembly.rows(result))
+    return rows, assembly.found, assembly.mark
 
 
 # The trial loads, built once per backend family: each is one statement, whatever

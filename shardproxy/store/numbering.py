@@ -80,6 +80,22 @@ class StaleCount(Exception):
     """A remembered count no longer matches the study: count it again in full."""
 
 
+class Numbered:
+    """What `TrialCounts.learn` needs of a study's trials, seen one at a time by id."""
+
+    __slots__ = ("count", "in_order", "newest_id")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.in_order = True  # numbered 0, 1, 2, ... so far
+        self.newest_id = 0
+
+    def see(self, row: TrialRow) -> None:
+        self.in_order = self.in_order and row.number == self.count
+        self.count += 1
+        self.newest_id = row.trial_id
+
+
 class TrialCounts:
     """The `Counted` of each study this store created trials in; thread-safe."""
 
@@ -96,14 +112,14 @@ class TrialCounts:
         with self._lock:
             self._counted.update(counted)
 
-    def learn(self, study_id: int, trials: Sequence[TrialRow]) -> None:
+    def learn(self, study_id: int, numbered: Numbered) -> None:
         """From every trial of the study as one snapshot saw them, by id: their count,
-        if nothing is known of the study yet and their numbers are 0, 1, 2, ... (so
+        if nothing is known of the study yet and their numbers were 0, 1, 2, ... (so
         the count is exactly what COUNT(*) would have said then)."""
-        if not trials or any(row.number != i for i, row in enumerate(trials)):
+        if not numbered.count or not numbered.in_order:
             return
         with self._lock:
-            self._counted.setdefault(study_id, Counted(len(trials), trials[-1].trial_id))
+            self._counted.setdefault(study_id, Counted(numbered.count, numbered.newest_id))
 
     def forget(self, study_id: int) -> None:
         with self._lock:

@@ -19,7 +19,9 @@ SQLAlchemy's types, so on SQLite the statement runs the Core way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
+import itertools
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.engine import Connection, CursorResult, Dialect
@@ -63,19 +65,60 @@ class Prepared:
         self._rendered: dict[tuple[str, tuple[int, ...]], _Rendered] = {}
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Rows:
-        dialect = conn.dialect
-        if dialect.name == "sqlite":
-            return _through_core(conn.execute(self.statement, dict(params)))
-        key = (dialect.name, tuple(len(params[name]) for name in self._expanding))
-        if key not in self._rendered:
-            self._rendered[key] = self._render(dialect, params)
-        rendered = self._rendered[key]
+        rendered = self._rendering(conn.dialect, params)
         if rendered is None:
             return _through_core(conn.execute(self.statement, dict(params)))
         sql, arguments = rendered
         if _has_listeners(conn):
             return _through_core(conn.exec_driver_sql(sql, arguments(params)))
         return _on_cursor(conn, sql, arguments(params))
+
+    def stream(
+        self, conn: Connection, params: Mapping[str, Any], fetch: int
+    ) -> Generator[Sequence[Any], None, None]:
+        """The statement's rows, fetched `fetch` at a time from a server-side cursor,
+        so that the driver never holds the whole result: an unbuffered cursor on
+        MySQL/MariaDB, a named one on PostgreSQL (which lives only in a
+        transaction), SQLite's own cursor, which steps as it is read. The
+        connection is busy until the rows have run out or the generator is closed.
+        """
+        rendered = self._rendering(conn.dialect, params)
+        cursor = None if rendered is None or _has_listeners(conn) else _server_side_cursor(conn)
+        if cursor is None:  # through Core, which picks the driver's cursor itself
+            options = {"stream_results": True, "max_row_buffer": fetch}
+            if rendered is None:
+                result = conn.execute(self.statement, dict(params), execution_options=options)
+            else:
+                result = conn.exec_driver_sql(rendered[0], rendered[1](params),
+                                              execution_options=options)
+            with result:
+                for part in result.partitions(fetch):
+                    yield from part
+            return
+        assert rendered is not None  # a cursor of its own only for a rendered statement
+        sql, arguments = rendered
+        failed = False
+        try:
+            cursor.execute(sql, arguments(params))
+            while rows := cursor.fetchmany(fetch):
+                yield from rows
+        except conn.dialect.loaded_dbapi.Error as exc:
+            failed = True
+            _close_after_failure(cursor)
+            _raise_as_core_would(conn, exc, sql, arguments(params), cursor)
+        finally:
+            if not failed:
+                cursor.close()  # also when the generator is closed early
+
+    def _rendering(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
+        """The driver's SQL for these lengths of the expanding lists (rendered on
+        first use), or None where the statement runs the Core way."""
+        if dialect.name == "sqlite":
+            return None
+        key = (dialect.name, tuple(len(params[name]) for name in self._expanding))
+        if key not in self._rendered:
+            self._rendered[key] = self._render(dialect, params)
+        return self._rendered[key]
 
     def _render(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
         compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -108,6 +151,46 @@ class Prepared:
             order = [next(s for s in sources if s[0] == name) for name in state.positiontup]
             return state.statement, lambda p: tuple(value_of(p, s) for s in order)
         return state.statement, lambda p: {s[0]: value_of(p, s) for s in sources}
+
+
+def _server_side_cursor(conn: Connection) -> Any:
+    """A server-side cursor of the connection's own driver (its rows are plain
+    tuples, where Core makes a Row of each), or None for a driver not known here."""
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    driver = conn.dialect.driver
+    if driver == "psycopg2":
+        return dbapi_connection.cursor(name=f"stream_{next(_cursor_names)}")
+    if driver == "pymysql":
+        import pymysql.cursors
+
+        return dbapi_connection.cursor(pymysql.cursors.SSCursor)
+    if driver == "mysqldb":
+        import MySQLdb.cursors
+
+        return dbapi_connection.cursor(MySQLdb.cursors.SSCursor)
+    return None
+
+
+def _close_after_failure(cursor: Any) -> None:
+    """Closes a server-side cursor whose statement failed, perhaps with its
+    connection lost, where the driver's own close may fail its own way: the
+    statement's error is the one to raise.
+
+    PyMySQL (2.2) leaves an unbuffered result "active" when its connection is
+    lost, and the cursor's close, and later the finalizers of both, read the rest
+    of it from the closed socket and raise AttributeError (in a finalizer: printed
+    as an ignored exception). Its result is marked done first (a private name,
+    as in `_raise_as_core_would`; absent on other drivers).
+    """
+    result = getattr(cursor, "_result", None)
+    if getattr(result, "unbuffered_active", False):
+        result.unbuffered_active = False  # type: ignore[union-attr]
+    with contextlib.suppress(Exception):
+        cursor.close()
+
+
+# Names for PostgreSQL's named cursors: unique within a connection (and the process).
+_cursor_names = itertools.count()
 
 
 def _through_core(result: CursorResult[Any]) -> Rows:

@@ -22,10 +22,9 @@ range's end. A long transaction somewhere in the database only delays learning
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shardproxy.rows import TrialRow
 from shardproxy.store.loads import SyncMark
 
 
@@ -54,18 +53,17 @@ class SettledRanges:
             return id_greater_than
 
     def learn(
-        self, study_id: int, searched_from: int, rows: Sequence[TrialRow], mark: SyncMark
+        self, study_id: int, searched_from: int, trial_ids: Iterable[int], mark: SyncMark
     ) -> None:
         """After a load of every trial of the study with id > `searched_from` (and
-        maybe some listed older ones), in `rows`, under `mark`."""
+        maybe some listed older ones), whose ids are `trial_ids`, under `mark`."""
         with self._lock:
             study = self._studies.setdefault(study_id, _Study())
             pending = study.pending
             if pending is not None and mark.xmin >= pending.xmax:
                 settled_to = pending.newest_id
                 if settled_to > max(searched_from, study.empty_to):
-                    found = [r.trial_id for r in rows
-                             if searched_from < r.trial_id <= settled_to]
+                    found = [i for i in trial_ids if searched_from < i <= settled_to]
                     if found:
                         study.empty_after = max(found)
                     elif not study.empty_after <= searched_from <= study.empty_to:

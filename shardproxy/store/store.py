@@ -10,10 +10,12 @@ in the constructor, so a server builds its Store after forking its workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from array import array
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 
 import sqlalchemy.exc
@@ -22,14 +24,14 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
-from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, sql
+from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, retry, sql
 from shardproxy.store.batch import Batch, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
-from shardproxy.store.database import make_read_engine, make_write_engine
+from shardproxy.store.database import cursor_scope, make_read_engine, make_write_engine
 from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.extended import Keyed, apply_extended, is_extended
-from shardproxy.store.numbering import TrialCounts
+from shardproxy.store.numbering import Numbered, TrialCounts
 from shardproxy.store.operations import (
     CreateTrial,
     Operation,
@@ -39,7 +41,7 @@ from shardproxy.store.operations import (
     SetTrialAttr,
     check_json,
 )
-from shardproxy.store.retry import with_retries
+from shardproxy.store.retry import is_transient, with_retries
 from shardproxy.store.schema import (
     STUDY_CHILD_TABLES,
     TRIAL_CHILD_TABLES,
@@ -328,12 +330,62 @@ class Store:
             self._settled.forget(study_id)
             raise
         if mark is not None:
-            self._settled.learn(study_id, search_from, rows, mark)
+            self._settled.learn(study_id, search_from, [row.trial_id for row in rows], mark)
         if id_greater_than < 0 and self._remember_counts:  # the whole study
-            self._counts.learn(study_id, rows)
+            numbered = Numbered()
+            for row in rows:
+                numbered.see(row)
+            self._counts.learn(study_id, numbered)
         if rows:  # numbers count the trials before: the last is about the study's size
             self._study_sizes[study_id] = max(size, rows[-1].number + 1)
         return rows
+
+    def stream_study(self, study_id: int) -> Iterator[TrialRow]:
+        """Every trial of the study, by id, read as the caller takes them (a
+        cache's first read): the driver and the caller hold a fetch's rows at a
+        time, where `load_trials` holds every trial of the study twice over (as
+        result rows, then as trial rows) at the peak of the read. KeyError once
+        the rows have run out, when the study does not exist.
+
+        One statement and one snapshot, as `load_trials`. A transient error
+        before the first trial came reads the study with `load_trials` instead,
+        with its retries; one after it reads on, as a delta after the last trial the caller
+        took (which the snapshot's order makes gap-free), and then learns nothing
+        of the study's counts.
+        """
+        taken = -1
+        size = 0  # the last trial's number + 1
+        ids = array("q")
+        numbered = Numbered()
+        try:
+            with (
+                self._reader.connect() as conn,
+                cursor_scope(conn),
+                contextlib.closing(loads.StudyStream(conn, study_id)) as stream,
+            ):
+                for row in stream.rows:
+                    ids.append(row.trial_id)
+                    numbered.see(row)
+                    taken, size = row.trial_id, row.number + 1
+                    yield row
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            if retry.transient_observer is not None:
+                retry.transient_observer(True)
+            _logger.warning("first read of study %d: transient database error after "
+                            "trial %d, reading on: %s", study_id, taken, exc.orig)
+            yield from self.load_trials(study_id, id_greater_than=taken)
+            return
+        if not stream.found:
+            self._settled.forget(study_id)
+            raise KeyError(NOT_FOUND)
+        if stream.mark is not None:
+            self._settled.learn(study_id, -1, ids, stream.mark)
+        if self._remember_counts:
+            self._counts.learn(study_id, numbered)
+        if size:
+            self._study_sizes[study_id] = max(self._study_sizes.get(study_id, 0), size)
 
     # -- plumbing --------------------------------------------------------------------
 

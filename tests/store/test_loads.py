@@ -17,10 +17,12 @@ import pytest
 import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
+from sqlalchemy.engine import make_url
 
 from shardproxy.rows import TrialRow
 from shardproxy.store import Store
 from shardproxy.store.schema import studies, trials
+from tests.store.faults import kill_store_connections
 
 
 @pytest.fixture
@@ -138,3 +140,76 @@ def test_a_large_read_leaves_no_rows_with_mysqls_driver(mariadb_url: str) -> Non
             assert held is not None and len(held.rows) == 1
     finally:
         engine.dispose()
+
+
+# -- a first read streamed (Store.stream_study) ------------------------------------------
+
+
+_FLOAT = ('{"name": "FloatDistribution", "attributes": '
+          '{"low": 0, "high": 1e6, "step": null, "log": false}}')
+
+
+def _fill(rdb: RDBStorage, count: int) -> int:
+    """A study of `count` finished trials of one param and one value, and one
+    running trial after them."""
+    study_id = rdb.create_new_study([StudyDirection.MINIMIZE], "streamed")
+    with rdb.engine.begin() as conn:
+        conn.execute(trials.insert(), [
+            {"number": n, "study_id": study_id, "state": "COMPLETE"} for n in range(count)])
+        ids = conn.execute(sqlalchemy.text(
+            "SELECT trial_id, number FROM trials WHERE study_id = :s"), {"s": study_id}).all()
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)"
+            " VALUES (:t, 'x', :v, :d)"), [{"t": t, "v": n / 7, "d": _FLOAT} for t, n in ids])
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO trial_values (trial_id, objective, value, value_type)"
+            " VALUES (:t, 0, :v, 'FINITE')"), [{"t": t, "v": n * 0.5} for t, n in ids])
+    rdb.create_new_trial(study_id)
+    return study_id
+
+
+def test_a_streamed_study_is_the_listed_one_and_its_connection_serves_on(
+    db_url: str, rdb: RDBStorage
+) -> None:
+    study_id = _fill(rdb, 3000)  # more result rows than one fetch of the stream
+    store = Store(db_url, pool_size=1)  # every read on one connection
+    try:
+        listed = store.load_trials(study_id, id_greater_than=-1)
+        assert list(store.stream_study(study_id)) == listed
+        assert len(listed) == 3001 and listed[-1].params == []
+        abandoned = store.stream_study(study_id)  # left after its first trial
+        assert next(abandoned) == listed[0]
+        abandoned.close()
+        assert store.load_trials(study_id, id_greater_than=-1) == listed
+        with pytest.raises(KeyError):
+            next(store.stream_study(study_id + 1000))  # no such study: nothing, then KeyError
+        trial_id = rdb.create_new_trial(study_id)  # written on through the same pool
+        assert [r.trial_id for r in store.stream_study(study_id)][-1] == trial_id
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "mariadb-mysqlclient", "postgres"])
+def test_a_stream_cut_by_a_killed_connection_reads_on_after_the_last_trial_taken(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = request.getfixturevalue(backend.replace("-", "_") + "_url")
+    database = make_url(url).database
+    assert database is not None
+    rdb = RDBStorage(url)
+    store = Store(url, retry_deadline=30)
+    try:
+        # Far more rows than a socket's buffers hold: the server is still sending
+        # when its connection is killed.
+        study_id = _fill(rdb, 20000)
+        listed = store.load_trials(study_id, id_greater_than=-1)
+        stream = store.stream_study(study_id)
+        taken = [next(stream)]
+        assert kill_store_connections(url, database) >= 1
+        taken.extend(stream)
+        assert taken == listed  # every trial once, in order
+        if backend == "postgres":  # a FETCH per few thousand rows: it surely met the kill
+            assert "reading on" in caplog.text
+    finally:
+        store.close()
+        rdb.engine.dispose()
