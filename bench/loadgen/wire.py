@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 
+from optuna.storages._grpc.auto_generated.api_pb2 import GetTrialsReply
+
 from shardproxy.rows import COMPLETE as COMPLETE
 from shardproxy.rows import FAIL as FAIL
 from shardproxy.rows import FINISHED_STATES
@@ -37,9 +39,6 @@ from shardproxy.wire import (
     STATE_VALUES_REQUEST_STATE_TAG,
     STATE_VALUES_REQUEST_TRIAL_ID_TAG,
     STATE_VALUES_REQUEST_VALUES_TAG,
-    TRIAL_ID_TAG,
-    TRIAL_STATE_TAG,
-    TRIALS_REPLY_TRIALS_TAG,
     VARINT,
 )
 from shardproxy.wire import SERVICE as SERVICE
@@ -177,31 +176,12 @@ def single_int(reply: bytes) -> int:
     return value
 
 
-def _trial_id_and_state(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Trial.trial_id and Trial.state, wherever they are in the message."""
-    trial_id = state = 0
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        if key == TRIAL_ID_TAG:
-            raw, pos = _read_varint(data, pos)
-            trial_id = _signed(raw)
-        elif key == TRIAL_STATE_TAG:
-            state, pos = _read_varint(data, pos)
-        else:
-            pos = _skip(data, pos, key & 7)
-    return trial_id, state
-
-
 def trials_of_reply(reply: bytes) -> list[tuple[int, int]]:
-    """(trial_id, state) of every trial in a GetTrialsReply."""
-    trials = []
-    pos, end = 0, len(reply)
-    while pos < end:
-        key, pos = _read_varint(reply, pos)
-        if key != TRIALS_REPLY_TRIALS_TAG:
-            pos = _skip(reply, pos, key & 7)
-            continue
-        length, pos = _read_varint(reply, pos)
-        trials.append(_trial_id_and_state(reply, pos, pos + length))
-        pos += length
-    return trials
+    """(trial_id, state) of every trial in a GetTrialsReply.
+
+    Parsed by Optuna's `api_pb2` (protobuf's C parser): under 2 000 virtual
+    workers a reply holds the few thousand trials finished since the worker's last
+    read, and a scan in Python (6.6 ms for 2 000 trials, against 1.0) made the
+    load generator's processes the busiest on the machine.
+    """
+    return [(trial.trial_id, trial.state) for trial in GetTrialsReply.FromString(reply).trials]
