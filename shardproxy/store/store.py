@@ -349,9 +349,10 @@ class Store:
 
         One statement and one snapshot, as `load_trials`. A transient error
         before the first trial came reads the study with `load_trials` instead,
-        with its retries; one after it reads on, as a delta after the last trial the caller
-        took (which the snapshot's order makes gap-free), and then learns nothing
-        of the study's counts.
+        with its retries. One after it reads on with `load_trials` as well, the
+        trials after the last one taken, and learns nothing of the study's counts:
+        within a study ids grow in commit order, so what the stream had still to
+        give, and whatever committed since, comes after that trial.
         """
         taken = -1
         size = 0  # the last trial's number + 1
