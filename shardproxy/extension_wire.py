@@ -39,6 +39,8 @@ EXTENSION_METHODS = (
     "SetTrialStateValuesOnce",
 )
 EXTENSION_INDEX = {name: len(METHODS) + i for i, name in enumerate(EXTENSION_METHODS)}
+# Every method a front serves, by its index: Optuna's, then shardproxy's own.
+ALL_METHODS = (*METHODS, *EXTENSION_METHODS)
 # A request key is chosen by the client (a UUID is 36 characters).
 MAX_REQUEST_KEY = 64
 

@@ -30,8 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shardproxy.extension_wire import EXTENSION_METHODS
-from shardproxy.wire import METHODS
+from shardproxy.extension_wire import ALL_METHODS
 
 _logger = logging.getLogger(__name__)
 
@@ -279,8 +278,9 @@ class ForwardServer:
 
 def _method_name(method_index: int) -> str:
     """The RPC's name, as the gRPC handlers say it (`rpc.py`: "<name> failed")."""
-    names = (*METHODS, *EXTENSION_METHODS)
-    return names[method_index] if 0 <= method_index < len(names) else f"method {method_index}"
+    if 0 <= method_index < len(ALL_METHODS):
+        return ALL_METHODS[method_index]
+    return f"method {method_index}"
 
 
 def _listen_unix(path: str) -> socket.socket:

@@ -242,8 +242,7 @@ class Front:
             self._router.forget_study(study_id)
 
     def _forward(self, owner: int, method_index: int, request: bytes) -> bytes:
-        if method_index < _OPTUNA_METHODS:  # the metrics count Optuna's methods
-            self._metrics.forwarded(method_index)
+        self._metrics.forwarded(method_index)
         forwarder = self._forwarders[owner]
         assert forwarder is not None
         try:

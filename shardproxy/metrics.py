@@ -24,7 +24,8 @@ flusher; only the counts of what arrived and what was forwarded, which
 
 Metric names, all prefixed `shardproxy_`:
 
-- `rpcs_total{method,code}`: RPCs answered by this front, by gRPC status name.
+- `rpcs_total{method,code}`: RPCs answered by this front, by gRPC status name;
+  `method` is one of Optuna's service or of shardproxy's own (`extension_wire`).
 - `rpc_duration_seconds{method}`: how long each took here (forwarding included).
 - `forwarded_total{method}`: requests this front sent on to their study's owner.
 - `commit_batch_size`, `commit_duration_seconds`: operations per group commit, and
@@ -54,7 +55,7 @@ import grpc
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.utils import floatToGoString
 
-from shardproxy.wire import METHODS
+from shardproxy.extension_wire import ALL_METHODS
 
 _logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ _HELP = {
 
 # A thread's tally is a dict from slot to value, so that a flush adds up only what
 # each thread saw; the slots:
-_M, _C, _S = len(METHODS), len(_CODES), len(_SECONDS)
+_M, _C, _S = len(ALL_METHODS), len(_CODES), len(_SECONDS)
 _RPCS = 0  # + method * _C + code
 _LATENCY = _RPCS + _M * _C  # + method * _S + bucket
 _LATENCY_SUM = _LATENCY + _M * _S  # + method
@@ -123,7 +124,7 @@ class Metrics:
         self.exported = exported
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
-        self._forwarded_names = [f"forwarded.{name}" for name in METHODS]
+        self._forwarded_names = [f"forwarded.{name}" for name in ALL_METHODS]
         self._local = threading.local()
         # Each thread's tally; a thread's that ended is added into `_ended` (forwarding
         # connections come and go, each with its thread).
@@ -264,7 +265,7 @@ class Metrics:
         with self._lock:
             for tally in self._all_tallies():
                 _add_into(total, tally)
-        for m, method in enumerate(METHODS):
+        for m, method in enumerate(ALL_METHODS):
             for c, code in enumerate(_CODES):
                 if total[_RPCS + m * _C + c]:
                     self._counter("rpcs", {"method": method, "code": code.name},
@@ -337,7 +338,7 @@ class Metrics:
                 total: list[float] = [0] * _SLOTS
                 for tally in self._all_tallies():
                     _add_into(total, tally)
-                for m, method in enumerate(METHODS):
+                for m, method in enumerate(ALL_METHODS):
                     received = sum(total[_RPCS + m * _C : _RPCS + (m + 1) * _C])
                     for name, count in ((f"received.{method}", received),
                                         (f"forwarded.{method}", total[_FORWARDED + m])):

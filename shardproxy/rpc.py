@@ -1,4 +1,4 @@
-"""A worker's gRPC handlers for Optuna's service: raw request bytes in, raw reply bytes out.
+"""A worker's gRPC handlers, for Optuna's service and shardproxy's own: raw bytes in and out.
 
 No generated message classes: each method's handler hands the request bytes to the
 front and answers its reply, or the status of the error it raised.
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 
 from shardproxy.errors import StatusError
-from shardproxy.extension_wire import EXTENSION_INDEX
+from shardproxy.extension_wire import ALL_METHODS, EXTENSION_INDEX
 from shardproxy.front import Front
 from shardproxy.metrics import Metrics
 from shardproxy.wire import METHODS
@@ -34,38 +34,37 @@ Observer = Callable[[int, bytes, grpc.StatusCode, float], None]
 
 
 def method_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
-    """One unary handler per method name of the service, for a generic handler."""
+    """One unary handler per method name of Optuna's service, for a generic handler."""
+    return _handlers(front, metrics, range(len(METHODS)))
+
+
+def extension_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of shardproxy's own service (`extension_wire`), by method name."""
+    return _handlers(front, metrics, EXTENSION_INDEX.values())
+
+
+def _handlers(
+    front: Front, metrics: Metrics, indices: Iterable[int]
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of these methods (indices into ALL_METHODS), counted and timed
+    where the metrics are exported, and logged where the access log is on."""
     observers: list[Observer] = []
     if metrics.exported:
         observers.append(metrics.observe)
     if access_logger.isEnabledFor(logging.DEBUG):
         observers.append(AccessLog(front).observe)
     handlers = {}
-    for index, name in enumerate(METHODS):
+    for index in indices:
         rpc = _rpc(front, index, metrics)
         if observers:
             rpc = _observed(rpc, index, observers)
-        handlers[name] = grpc.unary_unary_rpc_method_handler(rpc)
+        handlers[ALL_METHODS[index]] = grpc.unary_unary_rpc_method_handler(rpc)
     return handlers
 
 
-def extension_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
-    """The handlers of shardproxy's own service (`extension_wire`), by method name.
-
-    Counted as received (`metrics.add`), but not among the per-method metrics, which
-    are Optuna's service's.
-    """
-    return {
-        name: grpc.unary_unary_rpc_method_handler(_rpc(front, index, metrics, name))
-        for name, index in EXTENSION_INDEX.items()
-    }
-
-
-def _rpc(
-    front: Front, method_index: int, metrics: Metrics, name: str | None = None
-) -> RawHandler:
+def _rpc(front: Front, method_index: int, metrics: Metrics) -> RawHandler:
     handle = front.handle
-    name = name or METHODS[method_index]
+    name = ALL_METHODS[method_index]
     counter = f"received.{name}"
 
     def rpc(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -115,7 +114,7 @@ class AccessLog:
             study, owner = self._front.whereabouts(method_index, request)
         except Exception:  # a malformed request: it was answered INVALID_ARGUMENT
             study, owner = None, None
-        method = METHODS[method_index]
+        method = ALL_METHODS[method_index]
         duration_ms = seconds * 1000.0
         access_logger.debug(
             "%s study %s: %s in %.2f ms, %s",

@@ -22,6 +22,7 @@ from optuna.samplers import RandomSampler
 from optuna.storages import GrpcStorageProxy
 from prometheus_client.parser import text_string_to_metric_families
 
+import shardproxy.client
 from shardproxy import __version__
 from shardproxy.metrics import FLUSH_INTERVAL
 from shardproxy.routing import owner_of
@@ -32,7 +33,11 @@ pytestmark = pytest.mark.slow
 
 BOUND = 60.0  # every wait here ends; none of them is a speed claim
 TRIAL_WRITES = ("CreateNewTrial", "SetTrialParameter", "SetTrialStateValues",
-                "SetTrialIntermediateValue", "SetTrialUserAttribute", "SetTrialSystemAttribute")
+                "SetTrialIntermediateValue", "SetTrialUserAttribute", "SetTrialSystemAttribute",
+                "CreateNewTrialOnce", "SetTrialStateValuesOnce")
+# shardproxy's own client sends a trial's creation and its end through shardproxy's
+# service, as keyed writes.
+EXTENSION_WRITES = ("CreateNewTrialOnce", "SetTrialStateValuesOnce")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -116,6 +121,16 @@ def run_studies(port: int, trials: dict[str, int]) -> None:
     assert not errors, errors
 
 
+def run_extension_study(port: int, name: str, count: int) -> None:
+    """A study optimized through shardproxy's own client."""
+    storage = shardproxy.client.GrpcStorageProxy(host="127.0.0.1", port=port)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=RandomSampler())
+        study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=count)
+    finally:
+        storage.close()
+
+
 def kill_database_connections(url: str) -> int:
     """KILLs every connection to the test's database (a server restart, as a client sees it)."""
     name = sqlalchemy.engine.make_url(url).database
@@ -152,11 +167,13 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         before = settled(admin)
         run_studies(port, trials)
         created = sum(trials.values())
+        extended = {"metrics-extension": 4}
+        run_extension_study(port, *next(iter(extended.items())))
         with proxy_client(port) as reader:  # a read of each study brings its cache up to date
-            for name, count in trials.items():
+            for name, count in {**trials, **extended}.items():
                 assert len(optuna.load_study(study_name=name, storage=reader).trials) == count
         after = settled(admin)
-        assert value(after, "shardproxy_cached_trials") == created
+        assert value(after, "shardproxy_cached_trials") == created + sum(extended.values())
 
         def delta(name: str, **labels: str) -> float:
             return total(after, name, **labels) - total(before, name, **labels)
@@ -167,9 +184,13 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         assert value(before, "shardproxy_rpcs_total", method="GetStudyIdFromName",
                      code="NOT_FOUND") == 1
         assert delta("shardproxy_rpcs_total", code="INTERNAL") == 0
-        for method in ("GetTrials", "GetTrial", "CreateNewTrial", "SetTrialParameter"):
+        for method in ("GetTrials", "GetTrial", "CreateNewTrial", "SetTrialParameter",
+                       *EXTENSION_WRITES):
             assert (delta("shardproxy_rpc_duration_seconds_count", method=method)
                     == delta("shardproxy_rpcs_total", method=method) > 0)
+        for method in EXTENSION_WRITES:
+            assert delta("shardproxy_rpcs_total", method=method, code="OK") == sum(
+                extended.values())
         # One client process has one connection, so one front: the studies owned by
         # the other worker were forwarded, every request of theirs.
         assert delta("shardproxy_forwarded_total", method="CreateNewTrial") in owned.values()
@@ -187,7 +208,7 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         assert 0 < syncs <= delta("shardproxy_cache_reads_per_sync_sum")
         assert delta("shardproxy_db_statements_total") >= delta(
             "shardproxy_commit_batch_size_count") + syncs + batches
-        assert value(after, "shardproxy_cached_studies") == len(trials)
+        assert value(after, "shardproxy_cached_studies") == len(trials) + len(extended)
         assert value(after, "shardproxy_cached_bytes") > 0
         (build,) = [labels for name, labels in after if name == "shardproxy_build_info"]
         assert dict(build)["version"] == __version__
