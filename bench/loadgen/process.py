@@ -10,6 +10,7 @@ so its CPU time can be read while it still lives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
@@ -25,6 +26,10 @@ from bench.loadgen.workload import Workload
 CONNECT_LIMIT = 60.0  # seconds for every channel to connect
 # Seconds a connected generator waits for the runner's go before giving up.
 START_LIMIT = 600.0
+# Seconds the trials in flight at the end of the window have to finish before they
+# are cut (a proxy that barely serves the load would otherwise keep the generator
+# from reporting at all: the runner waits bench.loads.REPORT_LIMIT for it).
+WIND_DOWN_LIMIT = 60.0
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     # Without it, channels of one process to one target share a single TCP
@@ -117,9 +122,18 @@ async def _run_between(spec: ClientProcessSpec[GeneratorConfig]) -> Recorder:
     run = asyncio.ensure_future(
         run_virtual_workers(spec.config, lambda: not spec.stop.is_set(), ready, recorder)
     )
+    loop = asyncio.get_running_loop()
+    cut_at: float | None = None
     while not run.done():
         await asyncio.wait({run}, timeout=0.25)
         spec.progress.value = recorder.trials
+        if spec.stop.is_set() and cut_at is None:
+            cut_at = loop.time() + WIND_DOWN_LIMIT
+        if cut_at is not None and loop.time() > cut_at and not run.done():
+            run.cancel()  # each trial still in flight is counted as cut (`run_worker`)
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            return recorder
     return run.result()
 
 

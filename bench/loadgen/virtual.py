@@ -217,4 +217,9 @@ async def run_worker(
                 return
             await asyncio.sleep(0.05)
             continue
+        except asyncio.CancelledError:
+            # The generator's wind-down limit passed with this trial in flight.
+            worker.recorder.errors += 1
+            worker.recorder.error_kinds["CUT_AT_WIND_DOWN_LIMIT"] += 1
+            raise
         done += 1
