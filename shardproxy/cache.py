@@ -7,9 +7,9 @@ trials are packed into a few large blobs (`packed_trials`) once PACK_AFTER of th
 have gathered: until then, and while unfinished, a trial is held on its own.
 
 A sync adds what it read a chunk of rows at a time, dropping each chunk's rows
-once they are encoded: a first read of a large study then holds one chunk's
-transient objects at a time besides the rows the store returned, rather than
-every trial's encoding beside every trial's row.
+once they are encoded: a first read of a large study, which the store streams,
+then holds one chunk's rows and transient objects at a time, rather than every
+trial's encoding beside every trial's row.
 
 Coherence: other writers exist (other proxies, direct RDBStorage users, heartbeat
 failers), so before answering a read the study is brought up to date with one
