@@ -13,8 +13,9 @@ reply bytes out) reads the small study twice, then the big one in full, as a new
   the warm cache, and of a delta one (`trial_id_greater_than` = the last trial:
   one sync, an empty reply);
 - `trace`: with tracemalloc, the memory still allocated after the read (live)
-  and the peak during it, per trial, and the live memory when the store returned
-  its rows (the part of the peak the cache does not hold).
+  and the peak during it, per trial, and where the store returns the study's rows
+  as one list (a checkout that does not stream first reads) the live memory then
+  (the part of the peak the cache does not hold).
 
 Prints one JSON line per size and pass. Bench code only: no assertion, no file
 written. `PYTHONPATH` picks the shardproxy measured (another checkout's, to
