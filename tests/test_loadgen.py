@@ -29,7 +29,7 @@ from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
 from bench.loadgen import wire
 from bench.loadgen.process import GeneratorConfig, run_virtual_workers
-from bench.loadgen.virtual import StudyCache
+from bench.loadgen.virtual import Recorder, StudyCache
 from bench.loadgen.workload import Workload
 
 TPE_TOLERANCE = 0.1  # calls per trial, per method
@@ -253,3 +253,42 @@ def test_reply_parsing_reads_ids_and_states_through_every_field() -> None:
     assert cache.unfinished == {0}
     assert cache.last_finished == 2**33
     assert cache.complete_or_pruned == 1  # FAIL is finished but not counted by TPE
+
+
+def test_trials_in_flight_when_the_generator_is_cut_are_counted_as_cut() -> None:
+    """A proxy that never answers: the trials its calls hold are cut and counted."""
+    release = threading.Event()
+    arrived = threading.Semaphore(0)
+
+    def hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+        arrived.release()
+        release.wait(30)
+        return b""
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        wire.SERVICE, {"GetTrials": grpc.unary_unary_rpc_method_handler(hang)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = GeneratorConfig(f"127.0.0.1:{port}", (1,), Workload("random", 1),
+                             virtual_workers=3, channels=1)
+
+    async def run_then_cut() -> Any:
+        task = asyncio.ensure_future(run_virtual_workers(config, recorder=recorder))
+        for _ in range(3):  # every virtual worker's first call is held by the server
+            while not arrived.acquire(blocking=False):
+                assert not task.done()
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    recorder = Recorder()
+    try:
+        asyncio.run(run_then_cut())
+    finally:
+        release.set()
+        server.stop(grace=None)
+    assert recorder.trials == 0 and not recorder.calls  # no call ever returned
+    assert recorder.errors == 3
+    assert recorder.error_kinds == Counter({"CUT_AT_WIND_DOWN_LIMIT": 3})
