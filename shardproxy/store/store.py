@@ -354,9 +354,8 @@ class Store:
         within a study ids grow in commit order, so what the stream had still to
         give, and whatever committed since, comes after that trial.
         """
-        taken = -1
         size = 0  # the last trial's number + 1
-        ids = array("q")
+        ids = array("q")  # of the trials taken
         numbered = Numbered()
         try:
             with (
@@ -367,13 +366,14 @@ class Store:
                 for row in stream.rows:
                     ids.append(row.trial_id)
                     numbered.see(row)
-                    taken, size = row.trial_id, row.number + 1
+                    size = row.number + 1
                     yield row
         except sqlalchemy.exc.DBAPIError as exc:
             if not is_transient(exc):
                 raise
             if retry.transient_observer is not None:
                 retry.transient_observer(True)
+            taken = ids[-1] if ids else -1
             _logger.warning("first read of study %d: transient database error after "
                             "trial %d, reading on: %s", study_id, taken, exc.orig)
             yield from self.load_trials(study_id, id_greater_than=taken)
