@@ -1,6 +1,7 @@
 """One owner worker's memory and CPU for a study's cached trials, in-process.
 
-    python -m bench.cache_memory [--db sqlite|postgres|mariadb] [--trials 20000,100000]
+    python -m bench.cache_memory [--db sqlite|postgres|mariadb] [--db-url URL]
+                                 [--trials 20000,100000]
 
 For each size, a study of N COMPLETE trials of one float parameter (and a
 100-trial one) is bulk-inserted into a fresh database; then, each in a fresh
@@ -8,10 +9,10 @@ process, a single-shard `Worker` (never started: `front.handle`, request bytes i
 reply bytes out) reads the small study twice, then the big one in full, as a new
 `GrpcStorageProxy` first does. Two passes:
 
-- `rss`: the process's VmRSS delta over that first full read, per trial (the
-  reply dropped); then the CPU (`time.process_time`) of a full GetTrials from
-  the warm cache, and of a delta one (`trial_id_greater_than` = the last trial:
-  one sync, an empty reply);
+- `rss`: the time (wall and CPU) of that first full read, and the process's VmRSS
+  delta over it, per trial (the reply dropped); then the CPU (`time.process_time`)
+  of a full GetTrials from the warm cache, and of a delta one
+  (`trial_id_greater_than` = the last trial: one sync, an empty reply);
 - `trace`: with tracemalloc, the memory still allocated after the read (live)
   and the peak during it, per trial, and where the store returns the study's rows
   as one list (a checkout that does not stream first reads) the live memory then
@@ -79,9 +80,10 @@ def measure(url: str, big: int, small: int, size: int, mode: str) -> dict[str, A
         tracemalloc.reset_peak()
     time.sleep(0.2)
     before = rss_kib()
-    started = time.process_time()
+    started, started_wall = time.process_time(), time.perf_counter()
     reply = handle(get_trials, request(big, -1))
     out["first_read_cpu_s"] = round(time.process_time() - started, 3)
+    out["first_read_wall_s"] = round(time.perf_counter() - started_wall, 3)
     out["reply_bytes"] = len(reply)
     del reply
     if mode == "trace":
@@ -116,10 +118,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default="sqlite", help="sqlite, postgres or mariadb")
+    parser.add_argument("--db-url", help="server URL without a database, to pick another "
+                        "driver: mysql+mysqldb://root@127.0.0.1:3306, say")
     parser.add_argument("--trials", default="20000,100000", help="study sizes")
     args = parser.parse_args()
     for size in (int(s) for s in args.trials.split(",")):
-        with fresh_database(args.db) as db:
+        with fresh_database(args.db, args.db_url) as db:
             big, small = create_studies(db.url, ["big", "small"])
             prefill(db.url, big, size, ("x",))
             prefill(db.url, small, 100, ("x",))

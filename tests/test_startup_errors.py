@@ -32,6 +32,7 @@ from shardproxy.startup import (
     EXIT_SCHEMA,
     EXIT_USAGE,
     check_database,
+    driver_advice,
 )
 from tests.databases import MARIADB_SERVER, POSTGRES_SERVER
 from tests.proxies import free_port
@@ -193,3 +194,11 @@ def test_a_start_up_error_in_json_is_one_object_without_the_password() -> None:
     assert entry["cause"] == "database-unreachable" and entry["exit_code"] == 5
     assert "mysql+pymysql://someone:***@127.0.0.1:1/optuna" in entry["message"]
     assert SECRET not in result.stderr
+
+
+def test_a_pymysql_url_is_told_of_the_c_driver_and_no_other_is() -> None:
+    advice = driver_advice("mysql+pymysql://root@127.0.0.1:3306/test")
+    assert advice is not None and "mysql+mysqldb://" in advice and "PyMySQL" in advice
+    for url in ("mysql+mysqldb://root@127.0.0.1:3306/test", "mysql://root@127.0.0.1/test",
+                "postgresql+psycopg2://postgres@127.0.0.1:5432/test", "sqlite:///optuna.db"):
+        assert driver_advice(url) is None, url

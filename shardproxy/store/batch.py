@@ -6,16 +6,20 @@ against those rows in memory, in arrival order, and then writes each kind of row
 with one multi-row statement. An operation that fails a check gets its own
 exception and contributes nothing; the others go on.
 
-Two statements are saved where the database allows it, because a client's trial
+Statements are saved where the database allows it, because a client's trial
 costs about three batches and every statement is a round trip:
 - New trials are numbered by the INSERT itself (`INSERT ... SELECT` over the
   study's trial count, with RETURNING), not by a COUNT before it; the count reads
   only the trials added since the store last numbered the study (`numbering`).
 - An optimistic batch that finishes trials does not lock them first: one guarded
   UPDATE sets the states of the trials it finishes, locks the others, and counts
-  the trials it found unfinished. Should one be finished or gone, the batch raises
-  `GuardMissed`; the committer rolls it back and runs it again the locking way,
-  which gives each operation its exact outcome.
+  the trials it found unfinished.
+- An optimistic batch that only sets params (besides new trials) does not lock
+  them first either: its INSERT takes its rows from a locking SELECT of the
+  trials still unfinished, and counts the rows it found.
+Should a guard find a trial finished or gone, the batch raises `GuardMissed`; the
+committer rolls it back and runs it again the locking way, which gives each
+operation its exact outcome.
 """
 
 from __future__ import annotations
@@ -29,14 +33,19 @@ from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import UpdateFinishedTrialError
 from sqlalchemy import (
     DateTime,
+    Float,
+    Integer,
+    String,
     and_,
     bindparam,
     case,
     literal_column,
     or_,
     select,
+    union_all,
     update,
 )
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -67,6 +76,10 @@ _UNFINISHED_LITERALS: list[ColumnElement[Any]] = [
 # Bound on the guarded UPDATE's shapes (each is compiled and kept): a batch
 # finishing more trials locks them first.
 GUARD_MAX_FINISHING = 64
+# The same for the guarded param INSERT (shapes of a power of two rows up to it).
+GUARD_MAX_PARAMS = 64
+# A guarded INSERT's unused places: trial id -1 matches no trial.
+_NO_PARAM = {"trial_id": -1, "param_name": "", "param_value": 0.0, "distribution_json": ""}
 
 # (study_id, param name) -> the distribution JSON of the study's first such param.
 DistributionLookup = Callable[[Connection, int, str], "str | None"]
@@ -120,8 +133,9 @@ class Batch:
         self.conn = conn
         self.operations = operations
         self._optimistic = optimistic
-        # Whether a guarded UPDATE stood in for the trial lock (set by `run`).
-        self.guarded = False
+        # What stood in for the trial lock (set by `run`): "states", a guarded
+        # UPDATE; "params", a guarded INSERT; "" for none.
+        self.guarded = ""
         self.results: list[Any] = [None] * len(operations)
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
@@ -149,11 +163,14 @@ class Batch:
             {op.trial_id for op in self.operations if not isinstance(op, CreateTrial)}
         )
         finishing = self._guard_plan(len(written)) if self._optimistic else None
-        if finishing is None:
-            self._lock_trials(written)
-        else:
+        if finishing is not None:
             self._guard_trials(written, finishing)
-            self.guarded = True
+            self.guarded = "states"
+        elif self._optimistic and self._params_guardable(written):
+            self._assume_unfinished(written)
+            self.guarded = "params"
+        else:
+            self._lock_trials(written)
         for index, op in enumerate(self.operations):
             if isinstance(op, CreateTrial):
                 continue
@@ -161,6 +178,9 @@ class Batch:
                 self.results[index] = self._apply(op)
             except (KeyError, ValueError, UpdateFinishedTrialError) as exc:
                 self.results[index] = exc
+        if self.guarded == "params":
+            self._write_guarded_params()
+            return self.results  # params were all it wrote to existing trials
         self._rows.write(self.conn)
         if finishing is not None:
             return self.results  # the guard wrote the states
@@ -335,6 +355,52 @@ class Batch:
             # depends on. The number is needed only for errors, which cannot occur.
             self._trials[trial_id] = _Trial(study_of.get(trial_id, -1), -1, UNFINISHED_NAMES[0])
 
+    def _params_guardable(self, written: list[int]) -> bool:
+        """Whether a guarded INSERT can take the lock's place: the batch's only
+        writes to existing trials set params of trials whose study is known (for the
+        distribution check), and not on SQLite (see `_guard_plan`)."""
+        params = sum(isinstance(op, SetParam) for op in self.operations)
+        if not written or params > GUARD_MAX_PARAMS or self.conn.dialect.name == "sqlite":
+            return False
+        return all(
+            isinstance(op, CreateTrial) or (isinstance(op, SetParam) and op.study_id is not None)
+            for op in self.operations
+        )
+
+    def _assume_unfinished(self, ids: list[int]) -> None:
+        """Takes every trial the params go to as unfinished: the guarded INSERT checks it."""
+        study_of = {op.trial_id: op.study_id for op in self.operations
+                    if isinstance(op, SetParam) and op.study_id is not None}
+        for trial_id in ids:
+            self._trials[trial_id] = _Trial(study_of[trial_id], -1, UNFINISHED_NAMES[0])
+
+    def _write_guarded_params(self) -> None:
+        """Inserts the params where their trials are unfinished, locking those trials.
+
+        Raises GuardMissed unless every row found its trial unfinished (on
+        PostgreSQL also when a param of that name existed: its row is not counted
+        there), or when a param failed its check: which error it gets (or whether
+        the trial's being finished comes first) depends on the trial's row.
+        """
+        if any(isinstance(result, BaseException) and isinstance(op, SetParam)
+               for op, result in zip(self.operations, self.results, strict=True)):
+            raise GuardMissed("a param failed its check")
+        rows = list(self._rows.params.values())
+        size = sql.statement_size(len(rows))
+        params: dict[str, Any] = {}
+        for i in range(size):
+            # The places past the rows name no trial, and so insert nothing.
+            row = rows[i] if i < len(rows) else _NO_PARAM
+            params[f"trial_id_{i}"] = row["trial_id"]
+            params[f"name_{i}"] = row["param_name"]
+            params[f"value_{i}"] = row["param_value"]
+            params[f"distribution_{i}"] = row["distribution_json"]
+        statement = _guarded_param_insert(self.conn.dialect.name, size)
+        found = statement.execute(self.conn, params).rowcount
+        if found != len(rows):
+            raise GuardMissed(
+                f"{len(rows) - found} of {len(rows)} params found no unfinished trial")
+
     def _updatable(self, trial_id: int) -> _Trial:
         trial = self._trials.get(trial_id)
         if trial is None:
@@ -441,3 +507,36 @@ def _guarded_update(finishing: int) -> Prepared:
         .values(state=state, datetime_complete=complete),
         expanding=["ids"],
     )
+
+
+@functools.cache  # at most one shape per power of two up to GUARD_MAX_PARAMS, per dialect
+def _guarded_param_insert(dialect: str, size: int) -> Prepared:
+    """INSERT of `size` params that takes its rows from a locking SELECT of their
+    trials where unfinished: each matched trial is locked until COMMIT, like the
+    lock it stands in for, and the row count says how many rows found theirs.
+
+    A param of the same name that exists is left as it is, as RDBStorage leaves it
+    (MySQL drivers count such a row as found, SQLAlchemy asks for that; PostgreSQL
+    counts only the rows inserted).
+    """
+    new = union_all(*(
+        select(bindparam(f"trial_id_{i}", type_=Integer).label("trial_id"),
+               bindparam(f"name_{i}", type_=String).label("param_name"),
+               bindparam(f"value_{i}", type_=Float).label("param_value"),
+               bindparam(f"distribution_{i}", type_=String).label("distribution_json"))
+        for i in range(size)
+    )).subquery("new")
+    found = (
+        select(new.c.trial_id, new.c.param_name, new.c.param_value, new.c.distribution_json)
+        .select_from(new.join(trials, and_(trials.c.trial_id == new.c.trial_id,
+                                           trials.c.state.in_(_UNFINISHED_LITERALS))))
+        # PostgreSQL locks no row of a UNION: the trials only. MariaDB knows no OF.
+        .with_for_update(of=trials if dialect == "postgresql" else None)
+    )
+    columns = ["trial_id", "param_name", "param_value", "distribution_json"]
+    if dialect == "mysql":
+        mysql_insert = mysql.insert(trial_params).from_select(columns, found)
+        param_id = trial_params.c.param_id
+        return Prepared(mysql_insert.on_duplicate_key_update({param_id.name: param_id}))
+    return Prepared(postgresql.insert(trial_params).from_select(columns, found)
+                    .on_conflict_do_nothing(index_elements=["trial_id", "param_name"]))
