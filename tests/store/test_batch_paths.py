@@ -4,9 +4,9 @@ The same random batches run on two fresh databases of one backend: on one
 optimistically, with the trial counts remembered from its earlier batches and
 falling back to the locks when the guard misses (as the store and its group
 committer do), on the other with locks and full counts only. Every operation's outcome and the
-final rows must be the same, and each optimistic path (the guarded UPDATE of a
+final rows must be the same; each optimistic path (the guarded UPDATE of a
 batch that finishes trials, the guarded INSERT of one that only sets params) must
-really have been taken, and have missed.
+really have been taken, and guards must have missed.
 """
 
 from __future__ import annotations
