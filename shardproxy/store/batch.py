@@ -125,14 +125,19 @@ class Batch:
         optimistic: bool = False,
         counted: Mapping[int, Counted] | None = None,
         certify_numbering: bool = False,
+        guarded_alone: bool = False,
     ) -> None:
         """`counted`: what the store remembers of the studies it adds trials to
         (see `numbering`); with none, their trials are counted in full.
         `certify_numbering`: on Galera, numbering also makes the write that
-        certification orders across nodes (see `cluster`)."""
+        certification orders across nodes (see `cluster`).
+        `guarded_alone`: `conn` is in autocommit, where a lock ends with its
+        statement: only the guarded param INSERT, one statement, may write, and
+        GuardMissed is raised before anything else would."""
         self.conn = conn
         self.operations = operations
-        self._optimistic = optimistic
+        self._optimistic = optimistic or guarded_alone
+        self._guarded_alone = guarded_alone
         # What stood in for the trial lock (set by `run`): "states", a guarded
         # UPDATE; "params", a guarded INSERT; "" for none.
         self.guarded = ""
@@ -158,6 +163,11 @@ class Batch:
         then the trial writes in arrival order. (They arrived concurrently, so any
         order is one their callers could have seen.)
         """
+        if self._guarded_alone and not (
+            len(self.operations) == 1 and isinstance(self.operations[0], SetParam)
+            and self._params_guardable([self.operations[0].trial_id])
+        ):
+            raise GuardMissed("not a lone param write")
         self._create_trials()
         written = sorted(
             {op.trial_id for op in self.operations if not isinstance(op, CreateTrial)}

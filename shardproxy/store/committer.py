@@ -24,6 +24,11 @@ Failures:
 - A batch that fails for a reason that is not transient (a value the database
   refuses, say) is re-run one operation per transaction, so that the failure
   lands only on the operation that caused it.
+
+A lone write that one statement can apply with its checks (a param, see
+`Batch`) is first offered to `apply_alone`, which runs it in autocommit: the
+statement is its own transaction, and no COMMIT follows. Such a statement
+repeats with the same outcome, so a transient error retries it as any batch.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class Applied:
 ApplyBatch = Callable[[Connection, list[Operation], bool], Applied]
 # Whether the rows a witness names are in the database (asked on a fresh connection).
 CommitCheck = Callable[[Witness], bool]
+# apply_alone(operation): the operation applied and committed by one autocommitted
+# statement, or None where it cannot be, having written nothing.
+ApplyAlone = Callable[[Operation], "Applied | None"]
 
 # Told (operations, seconds) after each group commit, committed or failed, retries
 # included: the worker's metrics set it; None costs one comparison per commit.
@@ -103,10 +111,12 @@ class GroupCommitter:
         max_batch: int,
         retry_deadline: float,
         window: float = 0.0,
+        apply_alone: ApplyAlone | None = None,
     ) -> None:
         self._engine = engine
         self._window = window
         self._apply_batch = apply_batch
+        self._apply_alone = apply_alone
         self._commit_check = commit_check
         self._max_batch = max_batch
         self._retry_deadline = retry_deadline
@@ -218,6 +228,11 @@ class GroupCommitter:
         return results
 
     def _attempt(self, operations: list[Operation]) -> list[Any]:
+        if len(operations) == 1 and self._apply_alone is not None:
+            alone = self._apply_alone(operations[0])
+            if alone is not None:
+                alone.on_commit()
+                return alone.results
         conn = self._connection()
         try:
             transaction = conn.begin()

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
 from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, retry, sql
-from shardproxy.store.batch import Batch, first_distribution
+from shardproxy.store.batch import Batch, GuardMissed, first_distribution
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import cursor_scope, make_read_engine, make_write_engine
@@ -115,6 +115,7 @@ class Store:
             max_batch=max_batch,
             retry_deadline=retry_deadline,
             window=commit_window,
+            apply_alone=None if self._writer.dialect.name == "sqlite" else self._apply_alone,
         )
 
     def close(self) -> None:
@@ -428,15 +429,31 @@ class Store:
             certify_numbering=self._certify_numbering,
         )
         results = batch.run()
+        return Applied(results, batch.witness(), lambda: self._committed(batch))
 
-        def committed() -> None:  # what the batch wrote now exists
-            if self._remember_counts:
-                self._counts.remember(batch.counted)
-            if self._cache_distributions:
-                with self._distributions_lock:
-                    self._distributions.update(batch.new_distributions)
+    def _apply_alone(self, operation: Operation) -> Applied | None:
+        """A lone param write as one statement on an autocommit connection (a reader's):
+        its guarded INSERT checks the trial, writes and commits at once, which saves
+        the COMMIT of a transaction. None, having written nothing, where that cannot
+        be done or the guard missed: the committer then runs it as a batch."""
+        if not isinstance(operation, SetParam) or operation.study_id is None:
+            return None
+        with self._reader.connect() as conn:
+            batch = Batch(conn, [operation], self._distribution_of, optimistic=True,
+                          guarded_alone=True)
+            try:
+                results = batch.run()
+            except GuardMissed:
+                return None
+        return Applied(results, batch.witness(), lambda: self._committed(batch))
 
-        return Applied(results, batch.witness(), committed)
+    def _committed(self, batch: Batch) -> None:
+        """What a batch wrote now exists: what it established is remembered."""
+        if self._remember_counts:
+            self._counts.remember(batch.counted)
+        if self._cache_distributions:
+            with self._distributions_lock:
+                self._distributions.update(batch.new_distributions)
 
     def _batch_committed(self, witness: Witness) -> bool:
         return self._read(lambda conn: witness_present(conn, witness))
