@@ -164,8 +164,8 @@ class Batch:
         order is one their callers could have seen.)
         """
         if self._guarded_alone and not (
-            len(self.operations) == 1 and isinstance(self.operations[0], SetParam)
-            and self._params_guardable([self.operations[0].trial_id])
+            len(self.operations) == 1 and writes_alone(self.operations[0])
+            and self.conn.dialect.name != "sqlite"
         ):
             raise GuardMissed("not a lone param write")
         self._create_trials()
@@ -358,12 +358,7 @@ class Batch:
         found = _guarded_update(len(finishing)).execute(self.conn, params).rowcount
         if found != len(ids):
             raise GuardMissed(f"{len(ids) - found} of {len(ids)} trials finished or gone")
-        study_of = {op.trial_id: op.study_id for op in self.operations
-                    if isinstance(op, SetParam) and op.study_id is not None}
-        for trial_id in ids:
-            # The state found is one of RUNNING/WAITING; which one no operation here
-            # depends on. The number is needed only for errors, which cannot occur.
-            self._trials[trial_id] = _Trial(study_of.get(trial_id, -1), -1, UNFINISHED_NAMES[0])
+        self._assume_unfinished(ids)
 
     def _params_guardable(self, written: list[int]) -> bool:
         """Whether a guarded INSERT can take the lock's place: the batch's only
@@ -378,11 +373,14 @@ class Batch:
         )
 
     def _assume_unfinished(self, ids: list[int]) -> None:
-        """Takes every trial the params go to as unfinished: the guarded INSERT checks it."""
+        """Takes the trials as unfinished, as a guard found them (or will check),
+        each in the study its params name (-1 for a trial without one)."""
         study_of = {op.trial_id: op.study_id for op in self.operations
                     if isinstance(op, SetParam) and op.study_id is not None}
         for trial_id in ids:
-            self._trials[trial_id] = _Trial(study_of[trial_id], -1, UNFINISHED_NAMES[0])
+            # The state found is one of RUNNING/WAITING; which one no operation here
+            # depends on. The number is needed only for errors, which cannot occur.
+            self._trials[trial_id] = _Trial(study_of.get(trial_id, -1), -1, UNFINISHED_NAMES[0])
 
     def _write_guarded_params(self) -> None:
         """Inserts the params where their trials are unfinished, locking those trials.
@@ -468,6 +466,12 @@ class Batch:
         trial.start_changed = trial.start_changed or op.state == RUNNING
         trial.complete_changed = trial.complete_changed or op.state in FINISHED_STATES
         return True
+
+
+def writes_alone(operation: Operation) -> bool:
+    """Whether a lone write can be one guarded statement in autocommit (`guarded_alone`):
+    a param whose trial's study is known, for the distribution check."""
+    return isinstance(operation, SetParam) and operation.study_id is not None
 
 
 def first_distribution(conn: Connection, study_id: int, name: str) -> str | None:

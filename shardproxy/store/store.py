@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
 from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, retry, sql
-from shardproxy.store.batch import Batch, GuardMissed, first_distribution
+from shardproxy.store.batch import Batch, GuardMissed, first_distribution, writes_alone
 from shardproxy.store.bootstrap import prepare_schema
 from shardproxy.store.committer import Applied, GroupCommitter
 from shardproxy.store.database import cursor_scope, make_read_engine, make_write_engine
@@ -436,7 +436,7 @@ class Store:
         its guarded INSERT checks the trial, writes and commits at once, which saves
         the COMMIT of a transaction. None, having written nothing, where that cannot
         be done or the guard missed: the committer then runs it as a batch."""
-        if not isinstance(operation, SetParam) or operation.study_id is None:
+        if not writes_alone(operation):
             return None
         with self._reader.connect() as conn:
             batch = Batch(conn, [operation], self._distribution_of, optimistic=True,
