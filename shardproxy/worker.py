@@ -41,6 +41,7 @@ from shardproxy.forwarding import ForwardClient, ForwardServer
 from shardproxy.front import Front
 from shardproxy.handover import client_connections, close_listeners, connection_turnover
 from shardproxy.health import Health
+from shardproxy.heap import keep_large_blocks_apart
 from shardproxy.logs import configure_logging, set_worker
 from shardproxy.metrics import Metrics, count_statements
 from shardproxy.ports import grpc_address
@@ -308,6 +309,7 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 
 def prepare(config: Config) -> Store:
     """Runs first in every worker process, before it knows its shard."""
+    keep_large_blocks_apart()
     configure_logging(config.log_level, config.log_format)
     if config.admin_port:  # metrics are exported: count the store's statements
         count_statements()
