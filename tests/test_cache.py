@@ -319,9 +319,10 @@ def reply_ids(reply: bytes) -> list[int]:
 
 def test_a_large_study_is_packed_and_its_reply_equals_one_built_trial_by_trial() -> None:
     from shardproxy.cache import APPLY_CHUNK, PACK_AFTER
+    from shardproxy.packed_trials import LEAF_TRIALS
 
     table = Table()
-    size = 2 * APPLY_CHUNK + 100  # a few chunks, the last one partial
+    size = LEAF_TRIALS + APPLY_CHUNK + 100  # chunks, the last one partial; two leaves
     for trial_id in range(1, size + 1):
         table.put(trial(trial_id, value=float(trial_id)))
     table.put(trial(size + 1, RUNNING))
@@ -330,16 +331,18 @@ def test_a_large_study_is_packed_and_its_reply_equals_one_built_trial_by_trial()
 
     assert len(cache) == size + 1
     # Packed but for the last chunk's few (fewer than are packed at once).
-    assert len(cache._packed) == 2 * APPLY_CHUNK > size - PACK_AFTER  # noqa: SLF001
+    assert len(cache._packed) == size - 100 > size - PACK_AFTER  # noqa: SLF001
     expected = [codec.encode_trial(table.rows[i]) for i in sorted(table.rows)]
     assert cache.trials_reply([], -1) == codec.encode_trials_reply(expected)
     assert cache.trials_bytes([], -1) == expected
     assert cache.encoded_bytes >= sum(map(len, expected))
-    assert cache.trial_bytes(5000) == codec.encode_trial(table.rows[5000])
+    middle = size // 2
+    assert cache.trial_bytes(middle) == codec.encode_trial(table.rows[middle])
     assert cache.finished_trial_bytes(size + 1) is None
     # A delta read: a few listed older trials, and those above an id.
-    reply = cache.trials_reply([size + 1, 3, 4097, 10**9], id_greater_than=size - 2)
-    assert reply_ids(reply) == [3, 4097, size - 1, size, size + 1]
+    second_leaf = LEAF_TRIALS + 1
+    reply = cache.trials_reply([size + 1, 3, second_leaf, 10**9], id_greater_than=size - 2)
+    assert reply_ids(reply) == [3, second_leaf, size - 1, size, size + 1]
 
 
 def test_trials_that_finish_out_of_order_are_served_in_id_order() -> None:
@@ -418,11 +421,12 @@ def test_memory_counts_packed_trials_at_less_than_ones_held_alone() -> None:
 
 def test_only_a_large_sync_settles_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """A first read of a large study ends with its transients' memory let go (a full
-    collection among others); a small delta pays nothing of it."""
-    from shardproxy.cache import APPLY_CHUNK
+    collection among others); a smaller sync, even of several chunks, pays nothing of it."""
+    from shardproxy.cache import APPLY_CHUNK, SETTLE_AFTER
 
+    assert SETTLE_AFTER > 2 * APPLY_CHUNK
     table = Table()
-    for trial_id in range(1, APPLY_CHUNK + 1):
+    for trial_id in range(1, SETTLE_AFTER + 1):
         table.put(trial(trial_id))
     collections: list[int] = []
     monkeypatch.setattr("shardproxy.cache.gc.collect", lambda: collections.append(1) or 0)
@@ -430,9 +434,11 @@ def test_only_a_large_sync_settles_its_memory(monkeypatch: pytest.MonkeyPatch) -
     cache.sync()
     assert collections == [1]
     before = cache.trials_reply([], -1)
-    table.put(trial(APPLY_CHUNK + 1))
+    added = range(SETTLE_AFTER + 1, SETTLE_AFTER + 2 * APPLY_CHUNK + 2)
+    for trial_id in added:
+        table.put(trial(trial_id))
     cache.sync()
     assert collections == [1]
-    assert cache.trials_reply([], APPLY_CHUNK) == codec.encode_trials_reply(
-        [codec.encode_trial(table.rows[APPLY_CHUNK + 1])])
+    assert cache.trials_reply([], SETTLE_AFTER) == codec.encode_trials_reply(
+        [codec.encode_trial(table.rows[i]) for i in added])
     assert cache.trials_reply([], -1).startswith(before)  # the settled cache serves as before
