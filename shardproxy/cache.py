@@ -65,6 +65,10 @@ LoadTrials = Callable[[int, int, Collection[int]], Iterable[TrialRow]]
 OnSync = Callable[[int], None] | None
 # Told the id of a study found replaced by another with the same id (see above).
 OnReplaced = Callable[[int], None] | None
+# Told the cache, as a sync of more than one chunk adds each further chunk: the
+# owner's bound on all caches can make room while a large study is being read,
+# rather than once it is all in.
+OnGrown = Callable[["StudyCache"], None] | None
 # Rows a sync encodes and adds at a time: the transients of one chunk (its rows'
 # encodings, the bookkeeping) are freed before the next chunk's are made. Smaller
 # chunks leave fewer of the interpreter's arenas held by a few survivors among
@@ -124,6 +128,7 @@ class StudyCache:
         on_sync: OnSync = None,
         ids_reused: bool = False,
         on_replaced: OnReplaced = None,
+        on_grown: OnGrown = None,
     ) -> None:
         """`ids_reused`: the database may hand out a deleted row's id again (SQLite)."""
         self.study_id = study_id
@@ -132,6 +137,7 @@ class StudyCache:
         self._on_sync = on_sync
         self._ids_reused = ids_reused
         self._on_replaced = on_replaced
+        self._on_grown = on_grown
         self._lock = threading.Lock()
         self._empty()
         # Single-flight bookkeeping, guarded by _sync_done's lock.
@@ -364,6 +370,8 @@ class StudyCache:
         are freed once they are encoded; how many rows there were."""
         count = 0
         for chunk in _chunks(rows, APPLY_CHUNK):
+            if count and self._on_grown is not None:
+                self._on_grown(self)
             count += len(chunk)
             self._apply_chunk(chunk)
             del chunk

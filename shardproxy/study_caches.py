@@ -3,7 +3,9 @@
 The bounds are the whole process's, in trials (`--cache-max-trials`) and in bytes
 (`--cache-memory` split over the workers, by `StudyCache.memory_bytes`): past
 either, whole least-recently-used studies are dropped, and a dropped study is
-loaded again in full on its next read.
+loaded again in full on its next read. A study read in full makes room as it
+grows, a chunk of rows at a time, so that several first reads at once do not each
+hold a whole study beyond the bound until they end.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class StudyCaches:
             if cache is None:
                 cache = StudyCache(
                     study_id, self._load_trials, self._sync_window, self._on_sync,
-                    self._ids_reused, self._on_replaced,
+                    self._ids_reused, self._on_replaced, self._grown,
                 )
                 self._studies[study_id] = cache
             else:
@@ -70,11 +72,7 @@ class StudyCaches:
         except KeyError:
             self.drop(study_id)
             raise
-        size = (len(cache), cache.memory_bytes)
-        with self._lock:  # the sync may have grown this study past the limit
-            if self._studies.get(study_id) is cache:  # not dropped meanwhile
-                self._measured(study_id, size)
-                self._evict_beyond_limit(keep=study_id)
+        self._grown(cache)  # the sync may have grown this study past the limit
         return cache
 
     def drop(self, study_id: int) -> None:
@@ -95,6 +93,17 @@ class StudyCaches:
         with self._lock:
             caches = list(self._studies.values())
         return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
+
+    def _grown(self, cache: StudyCache) -> None:
+        """Counts `cache` at its size now, and drops other studies beyond the limit.
+
+        Called by the thread syncing it (which alone changes it), after its sync
+        and as a large sync adds each chunk."""
+        size = (len(cache), cache.memory_bytes)
+        with self._lock:
+            if self._studies.get(cache.study_id) is cache:  # not dropped meanwhile
+                self._measured(cache.study_id, size)
+                self._evict_beyond_limit(keep=cache.study_id)
 
     def _measured(self, study_id: int, size: tuple[int, int] | None) -> None:
         """Records a study's size (None: no longer cached) in the running sums."""

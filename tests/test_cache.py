@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 
 import pytest
 from optuna.storages._grpc.auto_generated import api_pb2
@@ -253,6 +253,36 @@ def test_least_recently_used_studies_are_evicted_past_the_memory_bound() -> None
     assert len(alone.synced(1)) == 4
     alone.synced(2)
     assert alone.holds(2) and not alone.holds(1)
+
+
+def test_a_study_read_in_full_makes_room_as_it_grows() -> None:
+    """Other studies are evicted while a large study's rows are being added, not only
+    once its read has ended: concurrent first reads do not each hold a whole study
+    beyond the bound."""
+    from shardproxy.cache import APPLY_CHUNK
+
+    small = {10 + i: trial(10 + i) for i in range(4)}
+    large = {1000 + i: trial(1000 + i) for i in range(4 * APPLY_CHUNK)}
+    held_during_read: list[bool] = []
+    caches: StudyCaches | None = None
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> Iterator[TrialRow]:
+        rows = small if study_id == 1 else large
+        for n, (trial_id, row) in enumerate(rows.items()):
+            if caches is not None and study_id == 2 and n == 3 * APPLY_CHUNK:
+                held_during_read.append(caches.holds(1))  # three chunks in, one to go
+            if trial_id > greater_than or trial_id in ids:
+                yield row
+
+    per_trial = StudyCaches(load, max_trials=10**6).synced(2).memory_bytes / len(large)
+    # Room for the small study and two of the large one's four chunks.
+    caches = StudyCaches(load, max_trials=10**6,
+                         max_bytes=int(per_trial * (len(small) + 2 * APPLY_CHUNK)))
+    caches.synced(1)
+    assert caches.holds(1)
+    assert len(caches.synced(2)) == len(large)
+    assert held_during_read == [False]
+    assert caches.holds(2) and not caches.holds(1)
 
 
 def test_the_collector_waits_while_a_study_is_first_read() -> None:
