@@ -20,16 +20,23 @@ import contextlib
 import ctypes
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def _c_function(name: str) -> Callable[..., Any] | None:
+    """The C library's function of that name, None where it has none (glibc's own)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def trim_c_heap() -> None:
     """Returns the C heap's free memory to the system, where the C library can (glibc)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
+    trim = _c_function("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 # glibc's mallopt parameter (malloc.h), and the threshold glibc itself starts with.
@@ -44,11 +51,8 @@ def keep_large_blocks_apart() -> bool:
     in the memory soak (`python -m bench.memory --parts soak`, a 32 MiB bound, 60 s):
     the proxy tree grew 4.8 times the bound without, 2.9 times with. False where the
     C library has no mallopt (not glibc): nothing changed."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    mallopt = _c_function("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 # Threads in `collector_paused`, and whether the collector ran before the first came.
