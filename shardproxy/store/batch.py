@@ -141,6 +141,9 @@ class Batch:
         # What stood in for the trial lock (set by `run`): "states", a guarded
         # UPDATE; "params", a guarded INSERT; "" for none.
         self.guarded = ""
+        # The guarded param INSERT has gone to the server: in autocommit, an error
+        # from here on may come after it was applied.
+        self.write_sent = False
         self.results: list[Any] = [None] * len(operations)
         # Distributions this batch establishes, for the store's cache once committed.
         self.new_distributions: dict[tuple[int, str], str] = {}
@@ -404,6 +407,7 @@ class Batch:
             params[f"value_{i}"] = row["param_value"]
             params[f"distribution_{i}"] = row["distribution_json"]
         statement = _guarded_param_insert(self.conn.dialect.name, size)
+        self.write_sent = True
         found = statement.execute(self.conn, params).rowcount
         if found != len(rows):
             raise GuardMissed(

@@ -29,6 +29,9 @@ A lone write that one statement can apply with its checks (a param, see
 `Batch`) is first offered to `apply_alone`, which runs it in autocommit: the
 statement is its own transaction, and no COMMIT follows. Such a statement
 repeats with the same outcome, so a transient error retries it as any batch.
+But an error after the statement was sent (`OutcomeUnknown`) is a COMMIT whose
+reply was lost: the write may be in the database, so, as a batch without a
+witness, it is repeated past the retry deadline until the database answers.
 """
 
 from __future__ import annotations
@@ -67,8 +70,23 @@ ApplyBatch = Callable[[Connection, list[Operation], bool], Applied]
 # Whether the rows a witness names are in the database (asked on a fresh connection).
 CommitCheck = Callable[[Witness], bool]
 # apply_alone(operation): the operation applied and committed by one autocommitted
-# statement, or None where it cannot be, having written nothing.
+# statement, or None where it cannot be, having written nothing. It raises
+# OutcomeUnknown where the statement failed after it was sent.
 ApplyAlone = Callable[[Operation], "Applied | None"]
+
+
+class OutcomeUnknown(Exception):
+    """An autocommitted statement failed after it was sent (`error`, transient): the
+    server may have applied it and lost only the reply."""
+
+    def __init__(self, error: sqlalchemy.exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# The unsettled attempt of a lone statement whose outcome is unknown: nothing shows
+# whether it was applied (no witness), and a repeat has the same outcome.
+_REPEAT_UNTIL_ANSWERED = Applied([], Witness([], {}), lambda: None)
 
 # Told (operations, seconds) after each group commit, committed or failed, retries
 # included: the worker's metrics set it; None costs one comparison per commit.
@@ -204,8 +222,8 @@ class GroupCommitter:
                 except sqlalchemy.exc.DBAPIError as exc:
                     if self._unsettled is None or self._closed or not is_transient(exc):
                         raise
-                    _logger.warning("batch of %d: its COMMIT may have been applied; waiting "
-                                    "for the database past the retry deadline to know",
+                    _logger.warning("batch of %d: it may have been applied; waiting for "
+                                    "the database past the retry deadline to know",
                                     len(batch))
         finally:
             self._unsettled = None
@@ -229,7 +247,13 @@ class GroupCommitter:
 
     def _attempt(self, operations: list[Operation]) -> list[Any]:
         if len(operations) == 1 and self._apply_alone is not None:
-            alone = self._apply_alone(operations[0])
+            try:
+                alone = self._apply_alone(operations[0])
+            except OutcomeUnknown as unknown:
+                # Answering UNAVAILABLE once the deadline passes would tell the
+                # client its write was not applied, when it may have been.
+                self._unsettled = _REPEAT_UNTIL_ANSWERED
+                raise unknown.error from None
             if alone is not None:
                 alone.on_commit()
                 return alone.results

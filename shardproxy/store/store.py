@@ -27,7 +27,7 @@ from shardproxy.rows import DIRECTION_NAMES, StudyRow, TrialRow
 from shardproxy.store import cluster, heartbeats, loads, reads, request_keys, retry, sql
 from shardproxy.store.batch import Batch, GuardMissed, first_distribution, writes_alone
 from shardproxy.store.bootstrap import prepare_schema
-from shardproxy.store.committer import Applied, GroupCommitter
+from shardproxy.store.committer import Applied, GroupCommitter, OutcomeUnknown
 from shardproxy.store.database import cursor_scope, make_read_engine, make_write_engine
 from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.extended import Keyed, apply_extended, is_extended
@@ -435,7 +435,8 @@ class Store:
         """A lone param write as one statement on an autocommit connection (a reader's):
         its guarded INSERT checks the trial, writes and commits at once, which saves
         the COMMIT of a transaction. None, having written nothing, where that cannot
-        be done or the guard missed: the committer then runs it as a batch."""
+        be done or the guard missed: the committer then runs it as a batch.
+        OutcomeUnknown where the INSERT failed after it was sent."""
         if not writes_alone(operation):
             return None
         with self._reader.connect() as conn:
@@ -445,6 +446,10 @@ class Store:
                 results = batch.run()
             except GuardMissed:
                 return None
+            except sqlalchemy.exc.DBAPIError as exc:
+                if batch.write_sent and is_transient(exc):
+                    raise OutcomeUnknown(exc) from exc
+                raise
         return Applied(results, batch.witness(), lambda: self._committed(batch))
 
     def _committed(self, batch: Batch) -> None:

@@ -1,4 +1,4 @@
-"""Real faults for the retry tests: killed connections and a lost COMMIT reply."""
+"""Real faults for the retry tests: killed connections and a lost reply."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import sqlalchemy
@@ -36,26 +37,33 @@ def kill_store_connections(admin_url: str, database: str) -> int:
         engine.dispose()
 
 
-class CommitReplyDropper:
-    """A TCP relay in front of a database server that can lose one COMMIT's reply.
+class ReplyDropper:
+    """A TCP relay in front of a database server that can lose one statement's reply.
 
-    Armed, it forwards the next client packet that carries `COMMIT` to the server,
-    waits for the server's answer (so the transaction did commit), and then closes
-    both sides instead of relaying it: the client sees its connection die during
-    COMMIT, not knowing the outcome.
+    Armed, it forwards the next client packet that carries the marker (`COMMIT`, say)
+    to the server, waits for the server's answer (so the statement was applied), and
+    then closes both sides instead of relaying it: the client sees its connection
+    die, not knowing the outcome. For `refuse_for` seconds after that, it closes
+    every new connection at once, as a database that has gone away.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
+        self._marker = b"COMMIT"
+        self._refuse_for = 0.0
+        self._refusing_until = 0.0
+        self.refused = 0
         self._armed = threading.Event()
         self.dropped = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
-    def arm(self) -> None:
+    def arm(self, marker: bytes = b"COMMIT", refuse_for: float = 0.0) -> None:
+        self._marker = marker
+        self._refuse_for = refuse_for
         self._armed.set()
 
     def close(self) -> None:
@@ -69,6 +77,10 @@ class CommitReplyDropper:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if time.monotonic() < self._refusing_until:
+                self.refused += 1
+                client.close()
+                continue
             server = socket.create_connection(self._target)
             threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
 
@@ -81,20 +93,21 @@ class CommitReplyDropper:
                     if not data:
                         return
                     target = server if source is client else client
-                    if source is client and b"COMMIT" in data and self._armed.is_set():
+                    if source is client and self._marker in data and self._armed.is_set():
                         self._armed.clear()
                         server.sendall(data)
-                        server.recv(65536)  # the server's answer: committed
+                        server.recv(65536)  # the server's answer: applied
+                        self._refusing_until = time.monotonic() + self._refuse_for
                         self.dropped += 1
                         return
                     target.sendall(data)
 
 
 @contextlib.contextmanager
-def commit_reply_dropper(url: str) -> Iterator[tuple[CommitReplyDropper, str]]:
+def reply_dropper(url: str) -> Iterator[tuple[ReplyDropper, str]]:
     """A dropper in front of the server of `url`, and the URL that goes through it."""
     parsed = make_url(url)
-    dropper = CommitReplyDropper(parsed.host or "127.0.0.1", parsed.port or 0)
+    dropper = ReplyDropper(parsed.host or "127.0.0.1", parsed.port or 0)
     try:
         relayed = parsed.set(host="127.0.0.1", port=dropper.port)
         yield dropper, relayed.render_as_string(hide_password=False)

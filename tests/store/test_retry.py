@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from shardproxy.rows import COMPLETE
 from shardproxy.store import Store
 from shardproxy.store.retry import with_retries
-from tests.store.faults import commit_reply_dropper, kill_store_connections
+from tests.store.faults import kill_store_connections, reply_dropper
 from tests.store.test_concurrency import FLOAT, run_random_sampler_trials
 
 SERVER_URLS = {
@@ -76,7 +76,7 @@ def test_lost_commit_reply_is_not_applied_twice(
     backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = request.getfixturevalue(SERVER_URLS[backend])
-    with commit_reply_dropper(url) as (dropper, relayed_url):
+    with reply_dropper(url) as (dropper, relayed_url):
         store = Store(relayed_url, retry_deadline=30)
         try:
             study_id = store.create_new_study([0], "lost-reply")
@@ -93,6 +93,30 @@ def test_lost_commit_reply_is_not_applied_twice(
             (row,) = store.load_trials(study_id, id_greater_than=-1)
             assert (row.trial_id, row.number, row.state, row.values) == (
                 trial_id, 0, COMPLETE, [0.25])
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("backend", list(SERVER_URLS))
+def test_a_lone_write_whose_reply_was_lost_is_not_failed_at_the_deadline(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server applies a lone param write (one autocommitted statement), its reply
+    is lost, and then the server refuses connections past the retry deadline: the
+    write may be in the database, so the store waits until it can tell rather than
+    fail it (a client told UNAVAILABLE would suggest another value)."""
+    url = request.getfixturevalue(SERVER_URLS[backend])
+    with reply_dropper(url) as (dropper, relayed_url):
+        store = Store(relayed_url, retry_deadline=1)
+        try:
+            study_id = store.create_new_study([0], "lost-statement-reply")
+            trial_id = store.create_new_trial(study_id, None)
+            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+                dropper.arm(b"INSERT INTO trial_params", refuse_for=3.0)
+                store.set_trial_param(trial_id, "x", -0.25, FLOAT, study_id=study_id)
+            assert dropper.dropped == 1 and dropper.refused > 0
+            assert "waiting for the database past the retry deadline" in caplog.text
+            assert store.get_trial(trial_id).params == [("x", -0.25, FLOAT)]
         finally:
             store.close()
 
