@@ -4,8 +4,9 @@ Values are wire-level (direction and state ints, JSON text, `TrialRow`), and the
 semantics are RDBStorage's. Reads run on an autocommit pool, one short statement
 each. Trial writes go through the group committer and share transactions; study
 writes are rare and run in transactions of their own. Transient errors are
-retried up to a deadline. Engines, pools and the committing thread are created
-in the constructor, so a server builds its Store after forking its workers.
+retried up to a deadline, and past it while a COMMIT's outcome is unknown.
+Engines, pools and the committing thread are created in the constructor, so a
+server builds its Store after forking its workers.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Store:
         commit_window: float = 0.0,
     ) -> None:
         self._retry_deadline = retry_deadline
+        self._closed = False
         self._writer = make_write_engine(url, pool_size)
         self._reader = make_read_engine(url, pool_size)
         try:
@@ -120,6 +122,7 @@ class Store:
 
     def close(self) -> None:
         """Commits the writes already submitted, then closes the pools."""
+        self._closed = True
         self._committer.close()
         self._writer.dispose()
         self._reader.dispose()
@@ -399,11 +402,37 @@ class Store:
         return with_retries(attempt, self._retry_deadline, "read")
 
     def _transaction(self, body: Callable[[Connection], T], what: str) -> T:
-        def attempt() -> T:
-            with self._writer.begin() as conn:
-                return body(conn)
+        """`body` in a transaction of its own, retried while errors are transient.
 
-        return with_retries(attempt, self._retry_deadline, what)
+        A COMMIT whose reply was lost may have been applied. Each body finds out on
+        its next attempt (it finds its own write, or repeats with the same outcome),
+        so the attempts go on past the retry deadline until the database answers:
+        failing then would tell the client nothing was written.
+        """
+        unsettled = False  # an attempt's COMMIT failed with its outcome unknown
+
+        def attempt() -> T:
+            nonlocal unsettled
+            with self._writer.connect() as conn:
+                transaction = conn.begin()
+                result = body(conn)  # an error: rolled back as the connection returns
+                try:
+                    transaction.commit()
+                except sqlalchemy.exc.DBAPIError as exc:
+                    # SQLite reports a COMMIT that did not happen.
+                    if is_transient(exc) and conn.dialect.name != "sqlite":
+                        unsettled = True
+                    raise
+            return result
+
+        while True:
+            try:
+                return with_retries(attempt, self._retry_deadline, what)
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not unsettled or self._closed or not is_transient(exc):
+                    raise
+                _logger.warning("%s: its COMMIT may have been applied; waiting for the "
+                                "database past the retry deadline to know", what)
 
     def _apply_batch(
         self, conn: Connection, operations: list[Operation], optimistic: bool

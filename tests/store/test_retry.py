@@ -121,6 +121,29 @@ def test_a_lone_write_whose_reply_was_lost_is_not_failed_at_the_deadline(
             store.close()
 
 
+@pytest.mark.parametrize("backend", list(SERVER_URLS))
+def test_a_study_whose_commit_reply_was_lost_is_not_failed_at_the_deadline(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A study write's COMMIT is applied, its reply lost, and the server then refuses
+    connections past the retry deadline: the store waits until it can tell, and
+    answers with the study it created."""
+    url = request.getfixturevalue(SERVER_URLS[backend])
+    with reply_dropper(url) as (dropper, relayed_url):
+        store = Store(relayed_url, retry_deadline=1)
+        try:
+            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+                dropper.arm(refuse_for=3.0)
+                study_id = store.create_new_study([0], "lost-study-commit")
+            assert dropper.dropped == 1 and dropper.refused > 0
+            assert "waiting for the database past the retry deadline" in caplog.text
+            named = [s.study_id for s in store.get_all_studies()
+                     if s.study_name == "lost-study-commit"]
+            assert named == [study_id]
+        finally:
+            store.close()
+
+
 def test_lock_wait_timeout_is_retried(
     mariadb_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
