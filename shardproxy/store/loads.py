@@ -34,6 +34,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    true,
     union_all,
 )
 from sqlalchemy.engine import Connection
@@ -209,47 +210,69 @@ def _columns(*values: Any) -> list[Any]:
     return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
 
 
-def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
+def _union(wanted: Select, with_study: bool, lookup: str) -> Any:
     """One SELECT per table, in the columns of `_COLUMNS`, so that the rows of every
     table fit one UNION ALL; ordered for `_assemble`.
 
     `wanted` selects the trial ids. Each table takes its rows of those trials from
-    its trial_id index: through `IN (subquery)` where the planner joins that by the
-    index (MySQL/MariaDB, SQLite), through `= ANY(ARRAY(subquery))` on PostgreSQL
-    (`by_array`), where a semi-join may be planned as a hash join over the whole
-    child table; an array parameter is always looked up in the index. There the
-    ids are read once, as a CTE the parts share.
+    its trial_id index, as `lookup` says:
+
+    - "in": `IN (subquery)`, which MySQL/MariaDB and SQLite join by the index.
+    - PostgreSQL may plan that semi-join as a hash join over the whole child table;
+      there the ids are read once, as a CTE the parts share, and looked up
+      - "array": through `= ANY(ARRAY(subquery))`, for many ids (a whole study):
+        the planner picks an index scan or a sequential scan by the table's size
+        against an array of unknown length;
+      - "lateral": id by id, in a LATERAL subquery the planner may not merge into
+        the join (`OFFSET 0`), for the few ids of a sync or a GetTrial. Through an
+        array, such a read ran a sequential scan of trial_params on every sync of
+        a benchmark's study of a few thousand trials (its statistics lagging the
+        table's growth); one index lookup per id does not depend on them.
     """
     no_float = cast(null(), Float)
     no_text = cast(null(), Text)
     no_time = cast(null(), String)  # the datetimes are read as text (`_WireText`)
-    if by_array:
+    postgresql = lookup != "in"
+    if lookup == "lateral":
         cte = wanted.cte("wanted")
-        ids: Any = func.array(select(cte.c.trial_id).scalar_subquery())
 
-        def of_wanted(column: Any) -> ColumnElement[bool]:
-            return column == any_(ids)
+        def select_of(table: Any, *values: Any) -> Select:
+            found = (
+                select(*_columns(*values))
+                .where(table.c.trial_id == cte.c.trial_id)
+                .offset(literal_column("0"))
+                .lateral(f"of_{table.name}")
+            )
+            return select(*found.c).select_from(cte.join(found, true()))
     else:
-        subquery = wanted.scalar_subquery()
+        if lookup == "array":
+            cte = wanted.cte("wanted")
+            ids: Any = func.array(select(cte.c.trial_id).scalar_subquery())
 
-        def of_wanted(column: Any) -> ColumnElement[bool]:
-            if column is trials.c.trial_id:  # the trial rows themselves: no self-join
-                assert wanted.whereclause is not None
-                return wanted.whereclause
-            return column.in_(subquery)
+            def of_wanted(column: Any) -> ColumnElement[bool]:
+                return column == any_(ids)
+        else:
+            subquery = wanted.scalar_subquery()
+
+            def of_wanted(column: Any) -> ColumnElement[bool]:
+                if column is trials.c.trial_id:  # the trial rows themselves: no self-join
+                    assert wanted.whereclause is not None
+                    return wanted.whereclause
+                return column.in_(subquery)
+
+        def select_of(table: Any, *values: Any) -> Select:
+            return select(*_columns(*values)).where(of_wanted(table.c.trial_id))
 
     def child(kind: int, table: Any, order: Any, text: Any, number: Any, json: Any) -> Select:
-        return select(*_columns(
-            literal(kind, Integer), table.c.trial_id, order, cast(text, String), number,
-            cast(json, Text), no_time, no_time,
-        )).where(of_wanted(table.c.trial_id))
+        return select_of(table, literal(kind, Integer), table.c.trial_id, order,
+                         cast(text, String), number, cast(json, Text), no_time, no_time)
 
     parts: list[Select] = [
-        select(*_columns(
-            literal(_TRIAL, Integer), trials.c.trial_id, trials.c.number,
+        select_of(
+            trials, literal(_TRIAL, Integer), trials.c.trial_id, trials.c.number,
             cast(trials.c.state, String), no_float, no_text,
             _WireText(trials.c.datetime_start), _WireText(trials.c.datetime_complete),
-        )).where(of_wanted(trials.c.trial_id)),
+        ),
         child(_PARAM, trial_params, trial_params.c.param_id, trial_params.c.param_name,
               trial_params.c.param_value, trial_params.c.distribution_json),
         child(_VALUE, trial_values, trial_values.c.objective, trial_values.c.value_type,
@@ -269,7 +292,7 @@ def _union(wanted: Select, with_study: bool, by_array: bool) -> Any:
         # on PostgreSQL with the statement's `SyncMark`.
         newest: Any
         snapshot: Any
-        if by_array:
+        if postgresql:
             newest = func.coalesce(select(func.max(trials.c.trial_id)).scalar_subquery(), 0)
             snapshot = literal_column(
                 "pg_snapshot_xmin(pg_current_snapshot())::text || ':' || "
@@ -358,12 +381,13 @@ def _loads(postgresql: bool) -> _Loads:
     size: Any = bindparam("size") if postgresql else None
 
     def union(wanted: Select, with_study: bool = True) -> Any:
-        return _union(wanted, with_study, by_array=postgresql)
+        return _union(wanted, with_study, "lateral" if postgresql else "in")
 
     # Prepared: every read of a trial runs one of these, and deriving the cache key of
     # a six-part UNION costs SQLAlchemy more than the database needs to answer it.
     return _Loads(
-        whole_study=Prepared(union(select(trials.c.trial_id).where(trials.c.study_id == study))),
+        whole_study=Prepared(_union(select(trials.c.trial_id).where(trials.c.study_id == study),
+                                    True, "array" if postgresql else "in")),
         delta=Prepared(union(trial_ids_of_study(study, gt, dialect, size=size))),
         delta_and_ids=Prepared(
             union(trial_ids_of_study(study, gt, dialect, listed=listed, size=size)),

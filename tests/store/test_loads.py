@@ -213,3 +213,74 @@ def test_a_stream_cut_by_a_killed_connection_reads_on_after_the_last_trial_taken
     finally:
         store.close()
         rdb.engine.dispose()
+
+
+def _add_finished_trials(conn: sqlalchemy.Connection, study_id: int, count: int) -> None:
+    """`count` COMPLETE trials of one param and one value each, in three statements."""
+    distribution = '{"name": "FloatDistribution", "attributes": {"step": null, "low": -10.0, ' \
+        '"high": 10.0, "log": false}}'
+    conn.execute(sqlalchemy.text(
+        "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+        "SELECT (SELECT COUNT(*) FROM trials WHERE study_id = :s) + g - 1, :s, 'COMPLETE', "
+        "now(), now() FROM generate_series(1, :n) AS g"), {"s": study_id, "n": count})
+    conn.execute(sqlalchemy.text(
+        "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+        "SELECT trial_id, 'x', 0.5, :d FROM trials "
+        "WHERE trial_id NOT IN (SELECT trial_id FROM trial_params)"), {"d": distribution})
+    conn.execute(sqlalchemy.text(
+        "INSERT INTO trial_values (trial_id, objective, value, value_type) "
+        "SELECT trial_id, 0, 0.25, 'FINITE' FROM trials "
+        "WHERE trial_id NOT IN (SELECT trial_id FROM trial_values)"))
+
+
+def _sequential_scans(conn: sqlalchemy.Connection, statement: str, params: object) -> set[str]:
+    """The tables the plan of `statement` reads by a sequential scan."""
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params).scalar_one()
+    scanned: set[str] = set()
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if node["Node Type"] == "Seq Scan":
+            scanned.add(node["Relation Name"])
+        nodes.extend(node.get("Plans", []))
+    return scanned
+
+
+@pytest.mark.parametrize("statistics", ["never gathered", "gathered when small"])
+def test_a_postgresql_sync_finds_its_trials_rows_by_index_whatever_the_statistics(
+    postgres_url: str, statistics: str
+) -> None:
+    """A sync reads the newer trials' rows of each table from its trial_id index: a
+    sequential scan would read every trial of the database, on every sync. The
+    planner's statistics lag a table's growth (autovacuum gathers them again after
+    a tenth of it), and missing or stale they must not turn the lookups into scans:
+    with the rows looked up through an array, they did (trial_params with none,
+    trial_values with those of a smaller table)."""
+    store = Store(postgres_url)
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    try:
+        study_id = store.create_new_study([0], "grown")
+        with admin.connect() as conn:
+            for table in ("trials", "trial_params", "trial_values"):
+                conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+            if statistics == "gathered when small":
+                _add_finished_trials(conn, study_id, 50)
+                conn.exec_driver_sql("ANALYZE")
+            _add_finished_trials(conn, study_id, 3000)
+            newest = conn.execute(
+                sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id))).scalar_one()
+        sent: list[tuple[str, object]] = []
+        sqlalchemy.event.listen(
+            store._reader, "before_cursor_execute",  # noqa: SLF001
+            lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+        rows = store.load_trials(study_id, id_greater_than=newest - 3)
+        assert [row.trial_id for row in rows] == [newest - 2, newest - 1, newest]
+        assert all(len(row.params) == 1 and len(row.values) == 1 for row in rows)
+        (statement, params), = sent
+        with admin.connect() as conn:
+            scanned = _sequential_scans(conn, statement, params)
+        assert not scanned & {"trials", "trial_params", "trial_values"}, scanned
+    finally:
+        store.close()
+        admin.dispose()
