@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -205,12 +205,16 @@ def _wire_text_stored(element: _WireText, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(cast(column, Text), **kw))
 
 
+# How a load's parts find the rows of its wanted trials (see `_union`).
+Lookup = Literal["in", "array", "lateral"]
+
+
 def _columns(*values: Any) -> list[Any]:
     """Labelled, so that equal expressions in one SELECT stay separate columns."""
     return [value.label(name) for value, name in zip(values, _COLUMNS, strict=True)]
 
 
-def _union(wanted: Select, with_study: bool, lookup: str) -> Any:
+def _union(wanted: Select, with_study: bool, lookup: Lookup) -> Any:
     """One SELECT per table, in the columns of `_COLUMNS`, so that the rows of every
     table fit one UNION ALL; ordered for `_assemble`.
 
@@ -232,7 +236,7 @@ def _union(wanted: Select, with_study: bool, lookup: str) -> Any:
     no_float = cast(null(), Float)
     no_text = cast(null(), Text)
     no_time = cast(null(), String)  # the datetimes are read as text (`_WireText`)
-    postgresql = lookup != "in"
+    postgresql = lookup != "in"  # the other two are PostgreSQL's
     if lookup == "lateral":
         cte = wanted.cte("wanted")
 
