@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from sqlalchemy.engine import make_url
 from shardproxy.rows import COMPLETE
 from shardproxy.store import Store
 from shardproxy.store.retry import with_retries
-from tests.store.faults import kill_store_connections, reply_dropper
+from tests.store.faults import ReplyDropper, kill_store_connections, reply_dropper
 from tests.store.test_concurrency import FLOAT, run_random_sampler_trials
 
 SERVER_URLS = {
@@ -71,30 +73,39 @@ def test_killed_connections_are_retried_without_double_writes(
         store.close()
 
 
+@contextlib.contextmanager
+def _store_behind_a_dropper(
+    url: str, retry_deadline: float
+) -> Iterator[tuple[ReplyDropper, Store]]:
+    """A store whose connections go through a `ReplyDropper` in front of `url`'s server."""
+    with reply_dropper(url) as (dropper, relayed_url):
+        store = Store(relayed_url, retry_deadline=retry_deadline)
+        try:
+            yield dropper, store
+        finally:
+            store.close()
+
+
 @pytest.mark.parametrize("backend", list(SERVER_URLS))
 def test_lost_commit_reply_is_not_applied_twice(
     backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = request.getfixturevalue(SERVER_URLS[backend])
-    with reply_dropper(url) as (dropper, relayed_url):
-        store = Store(relayed_url, retry_deadline=30)
-        try:
-            study_id = store.create_new_study([0], "lost-reply")
-            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
-                dropper.arm()
-                trial_id = store.create_new_trial(study_id, None)
-                store.set_trial_param(trial_id, "x", 0.5, FLOAT)
-                dropper.arm()
-                updated = store.set_trial_state_values(trial_id, COMPLETE, [0.25])
-            assert dropper.dropped == 2
-            assert "checking whether it committed" in caplog.text
-            assert updated is True  # not UpdateFinishedTrialError from a re-run
-            assert _count_trials(url, study_id) == 1
-            (row,) = store.load_trials(study_id, id_greater_than=-1)
-            assert (row.trial_id, row.number, row.state, row.values) == (
-                trial_id, 0, COMPLETE, [0.25])
-        finally:
-            store.close()
+    with _store_behind_a_dropper(url, retry_deadline=30) as (dropper, store):
+        study_id = store.create_new_study([0], "lost-reply")
+        with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+            dropper.arm()
+            trial_id = store.create_new_trial(study_id, None)
+            store.set_trial_param(trial_id, "x", 0.5, FLOAT)
+            dropper.arm()
+            updated = store.set_trial_state_values(trial_id, COMPLETE, [0.25])
+        assert dropper.dropped == 2
+        assert "checking whether it committed" in caplog.text
+        assert updated is True  # not UpdateFinishedTrialError from a re-run
+        assert _count_trials(url, study_id) == 1
+        (row,) = store.load_trials(study_id, id_greater_than=-1)
+        assert (row.trial_id, row.number, row.state, row.values) == (
+            trial_id, 0, COMPLETE, [0.25])
 
 
 @pytest.mark.parametrize("backend", list(SERVER_URLS))
@@ -106,19 +117,15 @@ def test_a_lone_write_whose_reply_was_lost_is_not_failed_at_the_deadline(
     write may be in the database, so the store waits until it can tell rather than
     fail it (a client told UNAVAILABLE would suggest another value)."""
     url = request.getfixturevalue(SERVER_URLS[backend])
-    with reply_dropper(url) as (dropper, relayed_url):
-        store = Store(relayed_url, retry_deadline=1)
-        try:
-            study_id = store.create_new_study([0], "lost-statement-reply")
-            trial_id = store.create_new_trial(study_id, None)
-            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
-                dropper.arm(b"INSERT INTO trial_params", refuse_for=3.0)
-                store.set_trial_param(trial_id, "x", -0.25, FLOAT, study_id=study_id)
-            assert dropper.dropped == 1 and dropper.refused > 0
-            assert "waiting for the database past the retry deadline" in caplog.text
-            assert store.get_trial(trial_id).params == [("x", -0.25, FLOAT)]
-        finally:
-            store.close()
+    with _store_behind_a_dropper(url, retry_deadline=1) as (dropper, store):
+        study_id = store.create_new_study([0], "lost-statement-reply")
+        trial_id = store.create_new_trial(study_id, None)
+        with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+            dropper.arm(b"INSERT INTO trial_params", refuse_for=3.0)
+            store.set_trial_param(trial_id, "x", -0.25, FLOAT, study_id=study_id)
+        assert dropper.dropped == 1 and dropper.refused > 0
+        assert "waiting for the database past the retry deadline" in caplog.text
+        assert store.get_trial(trial_id).params == [("x", -0.25, FLOAT)]
 
 
 @pytest.mark.parametrize("backend", list(SERVER_URLS))
@@ -129,19 +136,15 @@ def test_a_study_whose_commit_reply_was_lost_is_not_failed_at_the_deadline(
     connections past the retry deadline: the store waits until it can tell, and
     answers with the study it created."""
     url = request.getfixturevalue(SERVER_URLS[backend])
-    with reply_dropper(url) as (dropper, relayed_url):
-        store = Store(relayed_url, retry_deadline=1)
-        try:
-            with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
-                dropper.arm(refuse_for=3.0)
-                study_id = store.create_new_study([0], "lost-study-commit")
-            assert dropper.dropped == 1 and dropper.refused > 0
-            assert "waiting for the database past the retry deadline" in caplog.text
-            named = [s.study_id for s in store.get_all_studies()
-                     if s.study_name == "lost-study-commit"]
-            assert named == [study_id]
-        finally:
-            store.close()
+    with _store_behind_a_dropper(url, retry_deadline=1) as (dropper, store):
+        with caplog.at_level(logging.WARNING, logger="shardproxy.store"):
+            dropper.arm(refuse_for=3.0)
+            study_id = store.create_new_study([0], "lost-study-commit")
+        assert dropper.dropped == 1 and dropper.refused > 0
+        assert "waiting for the database past the retry deadline" in caplog.text
+        named = [s.study_id for s in store.get_all_studies()
+                 if s.study_name == "lost-study-commit"]
+        assert named == [study_id]
 
 
 def test_lock_wait_timeout_is_retried(
