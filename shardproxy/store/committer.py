@@ -49,7 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from shardproxy.store.batch import GuardMissed
 from shardproxy.store.operations import Operation
-from shardproxy.store.retry import is_transient, with_retries
+from shardproxy.store.retry import is_transient, with_retries, with_retries_until_settled
 from shardproxy.store.witness import Witness
 
 _logger = logging.getLogger(__name__)
@@ -215,16 +215,11 @@ class GroupCommitter:
         started = time.monotonic() if observer is not None else 0.0
         self._unsettled = None
         try:
-            while True:
-                try:
-                    return with_retries(lambda: self._settle_or_attempt(operations),
-                                        self._retry_deadline, on_retry=say_retrying)
-                except sqlalchemy.exc.DBAPIError as exc:
-                    if self._unsettled is None or self._closed or not is_transient(exc):
-                        raise
-                    _logger.warning("batch of %d: it may have been applied; waiting for "
-                                    "the database past the retry deadline to know",
-                                    len(batch))
+            return with_retries_until_settled(
+                lambda: self._settle_or_attempt(operations), self._retry_deadline,
+                lambda: self._unsettled is not None and not self._closed,
+                f"batch of {len(batch)}", on_retry=say_retrying,
+            )
         finally:
             self._unsettled = None
             if observer is not None:

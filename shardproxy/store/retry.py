@@ -103,3 +103,30 @@ def with_retries(
                 _logger.warning("%s: transient database error, retrying: %s", what, exc.orig)
             if on_retry is not None:
                 on_retry(exc)
+
+
+def with_retries_until_settled(
+    attempt: Callable[[], T],
+    deadline_seconds: float,
+    unsettled: Callable[[], bool],
+    waiting: str,
+    what: str | None = None,
+    *,
+    on_retry: OnRetry | None = None,
+) -> T:
+    """`with_retries`, begun again whenever its deadline passes while `unsettled()`.
+
+    For a write whose earlier attempt may have been applied (a COMMIT, or an
+    autocommitted statement, whose reply was lost): failing it would tell the
+    caller nothing was written, so it waits for the database to answer. `waiting`
+    names the write in the warning logged each time the deadline passes.
+    """
+    while True:
+        try:
+            return with_retries(attempt, deadline_seconds, what, on_retry=on_retry)
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not (is_transient(exc) and unsettled()):
+                raise
+            _logger.warning("%s: it may have been applied; waiting for the database past "
+                            "the retry deadline to know", waiting)
+

@@ -42,7 +42,7 @@ from shardproxy.store.operations import (
     SetTrialAttr,
     check_json,
 )
-from shardproxy.store.retry import is_transient, with_retries
+from shardproxy.store.retry import is_transient, with_retries, with_retries_until_settled
 from shardproxy.store.schema import (
     STUDY_CHILD_TABLES,
     TRIAL_CHILD_TABLES,
@@ -425,14 +425,9 @@ class Store:
                     raise
             return result
 
-        while True:
-            try:
-                return with_retries(attempt, self._retry_deadline, what)
-            except sqlalchemy.exc.DBAPIError as exc:
-                if not unsettled or self._closed or not is_transient(exc):
-                    raise
-                _logger.warning("%s: its COMMIT may have been applied; waiting for the "
-                                "database past the retry deadline to know", what)
+        return with_retries_until_settled(
+            attempt, self._retry_deadline, lambda: unsettled and not self._closed, what, what
+        )
 
     def _apply_batch(
         self, conn: Connection, operations: list[Operation], optimistic: bool
