@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
-    ColumnElement,
     Float,
     Integer,
     Select,
@@ -248,24 +247,20 @@ def _union(wanted: Select, with_study: bool, lookup: Lookup) -> Any:
                 .lateral(f"of_{table.name}")
             )
             return select(*found.c).select_from(cte.join(found, true()))
-    else:
-        if lookup == "array":
-            cte = wanted.cte("wanted")
-            ids: Any = func.array(select(cte.c.trial_id).scalar_subquery())
-
-            def of_wanted(column: Any) -> ColumnElement[bool]:
-                return column == any_(ids)
-        else:
-            subquery = wanted.scalar_subquery()
-
-            def of_wanted(column: Any) -> ColumnElement[bool]:
-                if column is trials.c.trial_id:  # the trial rows themselves: no self-join
-                    assert wanted.whereclause is not None
-                    return wanted.whereclause
-                return column.in_(subquery)
+    elif lookup == "array":
+        ids: Any = func.array(select(wanted.cte("wanted").c.trial_id).scalar_subquery())
 
         def select_of(table: Any, *values: Any) -> Select:
-            return select(*_columns(*values)).where(of_wanted(table.c.trial_id))
+            return select(*_columns(*values)).where(table.c.trial_id == any_(ids))
+    else:
+        subquery = wanted.scalar_subquery()
+        wanted_where = wanted.whereclause
+        assert wanted_where is not None
+
+        def select_of(table: Any, *values: Any) -> Select:
+            # The trial rows themselves are the wanted ones' own: no self-join.
+            found = wanted_where if table is trials else table.c.trial_id.in_(subquery)
+            return select(*_columns(*values)).where(found)
 
     def child(kind: int, table: Any, order: Any, text: Any, number: Any, json: Any) -> Select:
         return select_of(table, literal(kind, Integer), table.c.trial_id, order,
