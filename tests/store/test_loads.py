@@ -23,6 +23,7 @@ from shardproxy.rows import TrialRow
 from shardproxy.store import Store
 from shardproxy.store.schema import studies, trials
 from tests.store.faults import kill_store_connections
+from tests.store.test_concurrency import FLOAT
 
 
 @pytest.fixture
@@ -217,8 +218,6 @@ def test_a_stream_cut_by_a_killed_connection_reads_on_after_the_last_trial_taken
 
 def _add_finished_trials(conn: sqlalchemy.Connection, study_id: int, count: int) -> None:
     """`count` COMPLETE trials of one param and one value each, in three statements."""
-    distribution = '{"name": "FloatDistribution", "attributes": {"step": null, "low": -10.0, ' \
-        '"high": 10.0, "log": false}}'
     conn.execute(sqlalchemy.text(
         "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
         "SELECT (SELECT COUNT(*) FROM trials WHERE study_id = :s) + g - 1, :s, 'COMPLETE', "
@@ -226,7 +225,7 @@ def _add_finished_trials(conn: sqlalchemy.Connection, study_id: int, count: int)
     conn.execute(sqlalchemy.text(
         "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
         "SELECT trial_id, 'x', 0.5, :d FROM trials "
-        "WHERE trial_id NOT IN (SELECT trial_id FROM trial_params)"), {"d": distribution})
+        "WHERE trial_id NOT IN (SELECT trial_id FROM trial_params)"), {"d": FLOAT})
     conn.execute(sqlalchemy.text(
         "INSERT INTO trial_values (trial_id, objective, value, value_type) "
         "SELECT trial_id, 0, 0.25, 'FINITE' FROM trials "
