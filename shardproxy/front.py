@@ -114,16 +114,24 @@ class Front:
         router: Router,
         forwarders: Sequence[Forwarder | None],
         metrics: Metrics,
-        forward_timeout: float,
+        read_timeout: float,
         extension: ClientExtension | None = None,
     ) -> None:
         """`forwarders[shard]` reaches that shard's worker (None for this one);
-        `extension` answers shardproxy's own service (method indices after Optuna's)."""
+        `extension` answers shardproxy's own service (method indices after Optuna's).
+
+        `read_timeout`: how long a forwarded read waits for its owner before it is
+        answered UNAVAILABLE. A forwarded write waits for its owner's answer however
+        long that takes: the owner answers at its retry deadline, except when it
+        cannot know whether the write was applied (a COMMIT whose reply was lost),
+        and then only once the database says. Answering UNAVAILABLE before that would
+        tell the client of a failure for a write that may stand. An owner that dies
+        closes the connection; a hung one is restarted by the watchdog."""
         self._service = service
         self._router = router
         self._forwarders = forwarders
         self._metrics = metrics
-        self._forward_timeout = forward_timeout
+        self._read_timeout = read_timeout
         self._extension = extension
         self._requests = [_REQUESTS[name] for name in METHODS] + list(
             zip(EXTENSION_DECODERS, _EXTENSION_SCOPES, strict=True)
@@ -168,7 +176,7 @@ class Front:
             if forwarder is None:
                 continue
             try:
-                forwarder.call(FORGET_STUDY, request, self._forward_timeout)
+                forwarder.call(FORGET_STUDY, request, self._read_timeout)
             except (ConnectionError, TimeoutError, OSError) as exc:
                 _logger.warning("could not tell shard %d that study %d was replaced: %s",
                                 shard, study_id, exc)
@@ -245,14 +253,16 @@ class Front:
         self._metrics.forwarded(method_index)
         forwarder = self._forwarders[owner]
         assert forwarder is not None
+        read = method_index in _READS
+        timeout = self._read_timeout if read else None  # see __init__
         try:
             try:
-                status, payload = forwarder.call(method_index, request, self._forward_timeout)
+                status, payload = forwarder.call(method_index, request, timeout)
             except ConnectionError:
-                if method_index not in _READS:
+                if not read:
                     raise  # the owner may have applied the write before it went away
                 # A read is safe to repeat: the owner died mid-call and is restarting.
-                status, payload = forwarder.call(method_index, request, self._forward_timeout)
+                status, payload = forwarder.call(method_index, request, timeout)
         except (ConnectionError, TimeoutError, OSError) as exc:
             message = f"shard {owner} unavailable: {exc}"
             raise StatusError(grpc.StatusCode.UNAVAILABLE, message) from exc

@@ -62,6 +62,9 @@ _logger = logging.getLogger(__name__)
 # How long a forwarded request waits for its owner to come back after a crash; the
 # supervisor restarts a worker within about a second.
 OWNER_RESTART_WAIT = 10.0
+# How much longer than the owner's retry deadline a forwarded read waits for its
+# reply (a forwarded write waits for the owner's answer: see `Front`).
+FORWARDED_READ_MARGIN = 30.0
 _INT_MAX = (1 << 31) - 1  # gRPC's integer options are C ints
 # How often a serving worker publishes its state: database reachability for the
 # supervisor's readiness, and the cache gauges.
@@ -137,7 +140,7 @@ class Worker:
             self.router,
             self._forwarders,
             self.metrics,
-            forward_timeout=config.retry_deadline + 30.0,
+            read_timeout=config.retry_deadline + FORWARDED_READ_MARGIN,
             extension=ClientExtension(store, _die_after_commit if config.fault_hooks else None),
         )
         self._forward_server: ForwardServer | None = None

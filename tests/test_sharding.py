@@ -5,9 +5,16 @@ from __future__ import annotations
 import threading
 
 import optuna
+import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.storages._grpc.auto_generated import api_pb2
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from shardproxy import worker as worker_module
 from shardproxy.routing import owner_of
+from shardproxy.wire import METHOD_INDEX
 from tests.proxies import proxy_client, running_workers
 
 
@@ -53,3 +60,46 @@ def test_each_study_is_cached_by_its_owner_only(mariadb_url: str) -> None:
                 counts = sum(1 for i in range(16) if names[i % len(names)] == name)
                 assert sorted(t.number for t in trials) == list(range(6 * counts))
                 assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_forwarded_write_is_answered_with_its_owners_answer_however_long_it_takes(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front that forwarded a write never answers it before its owner does: a
+    write the owner is still applying may yet stand, so UNAVAILABLE would be a lie.
+    Reads forwarded keep their timeout (the retry deadline plus a margin, made
+    0.5 s here); the write below is held by a lock for four times that."""
+    monkeypatch.setattr(worker_module, "FORWARDED_READ_MARGIN", 0.0)
+    with running_workers(mariadb_url, workers=2, retry_deadline=0.5) as workers:
+        direct = RDBStorage(mariadb_url)
+        study_id = direct.create_new_study([StudyDirection.MINIMIZE], "held-owner")
+        front = workers[1 - owner_of(study_id, 2)].front
+        request = api_pb2.CreateNewTrialRequest(
+            study_id=study_id, template_trial_is_none=True).SerializeToString()
+        engine = sqlalchemy.create_engine(mariadb_url, poolclass=sqlalchemy.pool.NullPool)
+        result: dict[str, object] = {}
+
+        def create() -> None:
+            try:
+                result["reply"] = front.handle(METHOD_INDEX["CreateNewTrial"], request)
+            except Exception as exc:  # reported by the assertion below
+                result["error"] = exc
+
+        with engine.connect() as holder:
+            transaction = holder.begin()
+            # Hold the study row: the owner's numbering waits for it.
+            holder.execute(sqlalchemy.text(
+                "SELECT study_id FROM studies WHERE study_id = :s FOR UPDATE"), {"s": study_id})
+            caller = threading.Thread(target=create)
+            caller.start()
+            caller.join(timeout=2.0)
+            answered_while_held = dict(result)
+            transaction.rollback()
+        caller.join(timeout=60)
+        engine.dispose()
+
+        assert not answered_while_held, answered_while_held
+        assert "error" not in result, result
+        trial_id = api_pb2.CreateNewTrialReply.FromString(result["reply"]).trial_id
+        assert [t._trial_id for t in direct.get_all_trials(study_id)] == [trial_id]
+        direct.engine.dispose()
