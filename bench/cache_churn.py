@@ -81,7 +81,8 @@ def churn(url: str, study_ids: list[int], small_id: int, share: int, rounds: int
     time.sleep(0.2)
     base, base_maps = rss_mib(), rss_by_mapping()
     print(f"share {share / 2**20:.1f} MiB, {threads} thread(s), baseline RSS {base:.1f} MiB")
-    print("round | RSS growth, MiB | cache's count, MiB | growth ÷ share | heap | anonymous | other")
+    print("round | RSS growth, MiB | cache's count, MiB | growth ÷ share"
+          " | heap | anonymous | other")
     for number in range(rounds):
         for study_id in study_ids:
             run(study_id)

@@ -66,9 +66,9 @@ def test_a_forwarded_write_is_answered_with_its_owners_answer_however_long_it_ta
     mariadb_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The front that forwarded a write never answers it before its owner does: a
-    write the owner is still applying may yet stand, so UNAVAILABLE would be a lie.
-    Reads forwarded keep their timeout (the retry deadline plus a margin, made
-    0.5 s here); the write below is held by a lock for four times that."""
+    write the owner is still applying may yet stand, and UNAVAILABLE would tell the
+    client it failed. The write below is held by a lock for four times the timeout
+    a forwarded read has (the retry deadline plus a margin, 0.5 s here)."""
     monkeypatch.setattr(worker_module, "FORWARDED_READ_MARGIN", 0.0)
     with running_workers(mariadb_url, workers=2, retry_deadline=0.5) as workers:
         direct = RDBStorage(mariadb_url)
