@@ -83,8 +83,9 @@ _CREATE_NEW_TRIAL = METHOD_INDEX["CreateNewTrial"]
 _CREATE_NEW_TRIAL_ONCE = EXTENSION_INDEX["CreateNewTrialOnce"]
 _DELETE_STUDY = METHOD_INDEX["DeleteStudy"]
 _GET_TRIAL = METHOD_INDEX["GetTrial"]
-# Safe to forward again when the owner went away mid-call: reads, and heartbeats.
-_READS = frozenset(
+# Reads, and heartbeats (a heartbeat sent twice records what it records once): safe
+# to forward again when the owner went away mid-call, and to stop waiting for.
+_REPEATABLE = frozenset(
     [index for index, name in enumerate(METHODS) if name.startswith("Get")]
     + [EXTENSION_INDEX["GetStaleTrialIds"], EXTENSION_INDEX["RecordHeartbeat"]]
 )
@@ -120,8 +121,8 @@ class Front:
         """`forwarders[shard]` reaches that shard's worker (None for this one);
         `extension` answers shardproxy's own service (method indices after Optuna's).
 
-        `read_timeout`: how long a forwarded read waits for its owner before it is
-        answered UNAVAILABLE. A forwarded write waits for its owner's answer however
+        `read_timeout`: how long a forwarded read (or heartbeat) waits for its owner
+        before it is answered UNAVAILABLE. A forwarded write waits for its owner's answer however
         long that takes: the owner answers at its retry deadline, except when it
         cannot know whether the write was applied (a COMMIT whose reply was lost),
         and then only once the database says. Answering UNAVAILABLE before that would
@@ -253,15 +254,15 @@ class Front:
         self._metrics.forwarded(method_index)
         forwarder = self._forwarders[owner]
         assert forwarder is not None
-        read = method_index in _READS
-        timeout = self._read_timeout if read else None  # see __init__
+        repeatable = method_index in _REPEATABLE
+        timeout = self._read_timeout if repeatable else None  # see __init__
         try:
             try:
                 status, payload = forwarder.call(method_index, request, timeout)
             except ConnectionError:
-                if not read:
+                if not repeatable:
                     raise  # the owner may have applied the write before it went away
-                # A read is safe to repeat: the owner died mid-call and is restarting.
+                # Safe to repeat: the owner died mid-call and is restarting.
                 status, payload = forwarder.call(method_index, request, timeout)
         except (ConnectionError, TimeoutError, OSError) as exc:
             message = f"shard {owner} unavailable: {exc}"
