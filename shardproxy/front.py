@@ -122,12 +122,12 @@ class Front:
         `extension` answers shardproxy's own service (method indices after Optuna's).
 
         `read_timeout`: how long a forwarded read (or heartbeat) waits for its owner
-        before it is answered UNAVAILABLE. A forwarded write waits for its owner's answer however
-        long that takes: the owner answers at its retry deadline, except when it
-        cannot know whether the write was applied (a COMMIT whose reply was lost),
-        and then only once the database says. Answering UNAVAILABLE before that would
-        tell the client of a failure for a write that may stand. An owner that dies
-        closes the connection; a hung one is restarted by the watchdog."""
+        before it is answered UNAVAILABLE. A forwarded write waits for its owner's
+        answer however long that takes: the owner answers at its retry deadline,
+        except when it cannot know whether the write was applied (a COMMIT whose reply
+        was lost), and then only once the database says. Answering UNAVAILABLE before
+        that would tell the client of a failure for a write that may stand. An owner
+        that dies closes the connection; a hung one is restarted by the watchdog."""
         self._service = service
         self._router = router
         self._forwarders = forwarders

@@ -129,4 +129,3 @@ def with_retries_until_settled(
                 raise
             _logger.warning("%s: it may have been applied; waiting for the database past "
                             "the retry deadline to know", waiting)
-
