@@ -167,9 +167,15 @@ class StudyCache:
 
     # -- reads -----------------------------------------------------------------
 
-    def trials_reply(self, included_ids: Iterable[int], id_greater_than: int) -> bytes:
+    def trials_reply(
+        self,
+        included_ids: Iterable[int],
+        id_greater_than: int,
+        before_building: Callable[[int], None] | None = None,
+    ) -> bytes:
         """GetTrialsReply with the trials with id > `id_greater_than` or in
-        `included_ids`, by id.
+        `included_ids`, by id. `before_building` is told the reply's size in bytes
+        before the reply is built (room for it is taken there: `reply_room`).
 
         O(trials returned): bisects into the sorted ids, never a walk of the study;
         packed trials go into the reply one slice per leaf, not one copy per trial.
@@ -182,6 +188,8 @@ class StudyCache:
                 lambda low, high: packed.frames_between(low, high, pieces),
                 lambda encoded: pieces.append(codec.encode_trials_reply((encoded,))),
             )
+        if before_building is not None:  # outside the lock: it may wait
+            before_building(sum(map(len, pieces)))
         return b"".join(pieces)  # outside the lock: the packed blobs never change
 
     def trials_bytes(self, included_ids: Iterable[int], id_greater_than: int) -> list[bytes]:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 
 from shardproxy.extension_wire import ALL_METHODS
+from shardproxy.reply_room import LARGE_REPLY_METHODS, ReplyRoom
 
 _logger = logging.getLogger(__name__)
 
@@ -171,6 +172,9 @@ class ForwardServer:
     the threads never outnumber the calls the peers make concurrently. A handler
     exception is answered with status INTERNAL. `close()` stops accepting, lets calls
     in flight finish and reply, then closes every connection.
+
+    With a `room`, a call whose reply may be large is served within it, and the room
+    the reply took is given back once its frame is written (`reply_room`).
     """
 
     def __init__(
@@ -180,9 +184,11 @@ class ForwardServer:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_request_size: int | None = None,
+        room: ReplyRoom | None = None,
     ) -> None:
         self.path = path
         self._handler = handler
+        self._room = room
         self._max_message_size = max_message_size
         self._max_request_size = max_message_size if max_request_size is None else max_request_size
         self._listener = _listen_unix(path)
@@ -252,8 +258,18 @@ class ForwardServer:
                 if frame is None:
                     return
                 request_id, method_index, request = frame
-                status, payload = self._answer(method_index, request)
-                channel.send_frame(request_id, status, payload)
+                if self._room is None or method_index not in LARGE_REPLY_METHODS:
+                    status, payload = self._answer(method_index, request)
+                    channel.send_frame(request_id, status, payload)
+                    continue
+                (status, payload), give_back = self._room.serve(
+                    self._answer, method_index, request
+                )
+                try:
+                    channel.send_frame(request_id, status, payload)
+                finally:
+                    if give_back is not None:
+                        give_back()
         except (OSError, ForwardError) as exc:
             _logger.debug("forwarding connection on %s ended: %s", self.path, exc)
         finally:

@@ -34,6 +34,7 @@ from shardproxy.extension import DECODERS as EXTENSION_DECODERS
 from shardproxy.extension import ClientExtension
 from shardproxy.extension_wire import EXTENSION_INDEX
 from shardproxy.metrics import Metrics
+from shardproxy.reply_room import LARGE_REPLY_METHODS, ReplyRoom
 from shardproxy.routing import Router
 from shardproxy.service import Service
 from shardproxy.wire import METHOD_INDEX, METHODS
@@ -116,6 +117,7 @@ class Front:
         forwarders: Sequence[Forwarder | None],
         metrics: Metrics,
         read_timeout: float,
+        room: ReplyRoom,
         extension: ClientExtension | None = None,
     ) -> None:
         """`forwarders[shard]` reaches that shard's worker (None for this one);
@@ -127,12 +129,16 @@ class Front:
         except when it cannot know whether the write was applied (a COMMIT whose reply
         was lost), and then only once the database says. Answering UNAVAILABLE before
         that would tell the client of a failure for a write that may stand. An owner
-        that dies closes the connection; a hung one is restarted by the watchdog."""
+        that dies closes the connection; a hung one is restarted by the watchdog.
+
+        `room`: where a large reply relayed from its owner takes room until it is
+        sent, as the owner's own replies do (`reply_room`)."""
         self._service = service
         self._router = router
         self._forwarders = forwarders
         self._metrics = metrics
         self._read_timeout = read_timeout
+        self._room = room
         self._extension = extension
         self._requests = [_REQUESTS[name] for name in METHODS] + list(
             zip(EXTENSION_DECODERS, _EXTENSION_SCOPES, strict=True)
@@ -270,6 +276,8 @@ class Front:
         if status != 0:
             code = _STATUS_BY_VALUE.get(status, grpc.StatusCode.UNKNOWN)
             raise StatusError(code, payload.decode("utf-8", "replace"))
+        if method_index in LARGE_REPLY_METHODS:
+            self._room.hold(len(payload), wait=False)  # it is here already
         return payload
 
 

@@ -3,6 +3,10 @@
 No generated message classes: each method's handler hands the request bytes to the
 front and answers its reply, or the status of the error it raised.
 
+A GetTrials reply may be large: where the worker has a `ReplyRoom`, it is served
+within one (`reply_room`), and the room its reply took is given back once gRPC has
+sent it.
+
 Observers see each RPC once it is answered: its method, request, status code and
 duration. With none (the default) a handler does not even read the clock. At
 DEBUG the access log is one (logger `shardproxy.access`): one line per RPC with
@@ -23,6 +27,7 @@ from shardproxy.errors import StatusError
 from shardproxy.extension_wire import ALL_METHODS, EXTENSION_INDEX
 from shardproxy.front import Front
 from shardproxy.metrics import Metrics
+from shardproxy.reply_room import LARGE_REPLY_METHODS, ReplyRoom
 from shardproxy.wire import METHODS
 
 _logger = logging.getLogger(__name__)
@@ -33,18 +38,21 @@ RawHandler = Callable[[bytes, grpc.ServicerContext], bytes]
 Observer = Callable[[int, bytes, grpc.StatusCode, float], None]
 
 
-def method_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(
+    front: Front, metrics: Metrics, room: ReplyRoom | None = None
+) -> dict[str, grpc.RpcMethodHandler]:
     """One unary handler per method name of Optuna's service, for a generic handler."""
-    return _handlers(front, metrics, range(len(METHODS)))
+    return _handlers(front, metrics, range(len(METHODS)), room)
 
 
 def extension_handlers(front: Front, metrics: Metrics) -> dict[str, grpc.RpcMethodHandler]:
-    """The handlers of shardproxy's own service (`extension_wire`), by method name."""
-    return _handlers(front, metrics, EXTENSION_INDEX.values())
+    """The handlers of shardproxy's own service (`extension_wire`), by method name:
+    none of its replies is large."""
+    return _handlers(front, metrics, EXTENSION_INDEX.values(), None)
 
 
 def _handlers(
-    front: Front, metrics: Metrics, indices: Iterable[int]
+    front: Front, metrics: Metrics, indices: Iterable[int], room: ReplyRoom | None
 ) -> dict[str, grpc.RpcMethodHandler]:
     """The handlers of these methods (indices into ALL_METHODS), counted and timed
     where the metrics are exported, and logged where the access log is on."""
@@ -55,7 +63,10 @@ def _handlers(
         observers.append(AccessLog(front).observe)
     handlers = {}
     for index in indices:
-        rpc = _rpc(front, index, metrics)
+        if room is not None and index in LARGE_REPLY_METHODS:
+            rpc = _rpc_in_room(front, index, metrics, room)
+        else:
+            rpc = _rpc(front, index, metrics)
         if observers:
             rpc = _observed(rpc, index, observers)
         handlers[ALL_METHODS[index]] = grpc.unary_unary_rpc_method_handler(rpc)
@@ -79,6 +90,20 @@ def _rpc(front: Front, method_index: int, metrics: Metrics) -> RawHandler:
         raise AssertionError("unreachable")  # context.abort always raises
 
     return rpc
+
+
+def _rpc_in_room(front: Front, method_index: int, metrics: Metrics, room: ReplyRoom) -> RawHandler:
+    """`_rpc` served within `room`: the room its reply took is given back once sent."""
+    rpc = _rpc(front, method_index, metrics)
+
+    def rpc_in_room(request: bytes, context: grpc.ServicerContext) -> bytes:
+        reply, give_back = room.serve(rpc, request, context)
+        # Called once the RPC has ended, its reply sent; False if it ended already.
+        if give_back is not None and not context.add_callback(give_back):
+            give_back()
+        return reply
+
+    return rpc_in_room
 
 
 def _observed(rpc: RawHandler, method_index: int, observers: Sequence[Observer]) -> RawHandler:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shardproxy import codec
+from shardproxy.reply_room import ReplyRoom
 from shardproxy.rows import DIRECTION_NAMES, STATE_NAMES, TrialRow
 from shardproxy.store import Store
 from shardproxy.study_caches import StudyCaches
@@ -26,10 +27,13 @@ from shardproxy.wire import METHODS
 class Service:
     """Answers decoded requests for the studies this process owns."""
 
-    def __init__(self, store: Store, caches: StudyCaches, trial_reads: TrialReads) -> None:
+    def __init__(
+        self, store: Store, caches: StudyCaches, trial_reads: TrialReads, room: ReplyRoom
+    ) -> None:
         self._store = store
         self._caches = caches
         self._trial_reads = trial_reads
+        self._room = room
         self._handlers: list[Callable[..., bytes]] = [
             getattr(self, "_" + _snake_case(name)) for name in METHODS
         ]
@@ -139,7 +143,9 @@ class Service:
         return codec.encode_trial_reply(encoded)
 
     def _get_trials(self, study_id: int, included_ids: list[int], id_greater_than: int) -> bytes:
-        return self._caches.synced(study_id).trials_reply(included_ids, id_greater_than)
+        return self._caches.synced(study_id).trials_reply(
+            included_ids, id_greater_than, lambda size: self._room.hold(size, study_id)
+        )
 
 
 def _snake_case(name: str) -> str:

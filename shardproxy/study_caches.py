@@ -6,11 +6,16 @@ either, whole least-recently-used studies are dropped, and a dropped study is
 loaded again in full on its next read. A study read in full makes room as it
 grows, a chunk of rows at a time, so that several first reads at once do not each
 hold a whole study beyond the bound until they end.
+
+The byte bound is shared with the large replies in flight (`reply_room`): room
+taken for them is room the cached studies give up, and a reply that does not fit
+beside the others in flight waits for one of them to be sent.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 from shardproxy.cache import LoadTrials, OnReplaced, OnSync, StudyCache
@@ -43,6 +48,7 @@ class StudyCaches:
         self._ids_reused = ids_reused
         self._on_replaced = on_replaced
         self._lock = threading.Lock()
+        self._room_freed = threading.Condition(self._lock)
         self._studies: OrderedDict[int, StudyCache] = OrderedDict()
         # Each study's (trials, memory bytes) as measured after its last sync, and
         # their sums: the bounds are checked against these, so that a request costs
@@ -50,6 +56,7 @@ class StudyCaches:
         self._sizes: dict[int, tuple[int, int]] = {}
         self._trials = 0
         self._bytes = 0
+        self._reserved = 0  # bytes taken by replies in flight (`reserve`)
 
     def get(self, study_id: int) -> StudyCache:
         with self._lock:
@@ -88,11 +95,50 @@ class StudyCaches:
         with self._lock:
             return sum(len(cache) for cache in self._studies.values())
 
+    @property
+    def memory_bytes(self) -> int:
+        """What the cached studies count against the byte bound, as last measured."""
+        with self._lock:
+            return self._bytes
+
     def totals(self) -> tuple[int, int, int]:
         """(studies, trials, encoded trial bytes) cached, for metrics: O(studies)."""
         with self._lock:
             caches = list(self._studies.values())
         return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
+
+    def reserve(self, nbytes: int, keep: int | None = None, wait: float = 0.0) -> None:
+        """Takes `nbytes` of the byte bound for a reply in flight, until `unreserve`.
+
+        Cached studies are evicted to leave the room (all but `keep`, the study the
+        reply is read from). Where replies in flight already hold so much that this
+        one does not fit beside them, waits for room up to `wait` seconds, then takes
+        it anyway: a client that stops reading must not stall every other read. One
+        reply alone always goes, whatever its size."""
+        with self._lock:
+            if self._max_bytes is None:
+                return
+            deadline = time.monotonic() + wait
+            while self._reserved and self._reserved + nbytes > self._max_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._room_freed.wait(remaining)
+            self._reserved += nbytes
+            self._evict_beyond_limit(keep=keep)
+
+    def unreserve(self, nbytes: int) -> None:
+        """Gives back room `reserve` took, once the reply it was for has been sent."""
+        with self._lock:
+            if self._max_bytes is None:
+                return
+            self._reserved -= nbytes
+            self._room_freed.notify_all()
+
+    def reserved(self) -> int:
+        """Bytes of the bound replies in flight hold now."""
+        with self._lock:
+            return self._reserved
 
     def _grown(self, cache: StudyCache) -> None:
         """Counts `cache` at its size now, and drops other studies beyond the limit.
@@ -115,8 +161,8 @@ class StudyCaches:
             self._trials += size[0]
             self._bytes += size[1]
 
-    def _evict_beyond_limit(self, keep: int) -> None:
-        max_bytes = self._bytes if self._max_bytes is None else self._max_bytes
+    def _evict_beyond_limit(self, keep: int | None) -> None:
+        max_bytes = self._bytes if self._max_bytes is None else self._max_bytes - self._reserved
         if self._trials <= self._max_trials and self._bytes <= max_bytes:
             return
         for study_id in list(self._studies):

@@ -45,6 +45,7 @@ from shardproxy.heap import keep_large_blocks_apart
 from shardproxy.logs import configure_logging, set_worker
 from shardproxy.metrics import Metrics, count_statements
 from shardproxy.ports import grpc_address
+from shardproxy.reply_room import ReplyRoom
 from shardproxy.routing import Router
 from shardproxy.rpc import extension_handlers, method_handlers
 from shardproxy.service import Service
@@ -122,7 +123,8 @@ class Worker:
         self.trial_reads = TrialReads(
             store.get_trials, on_batch=metrics.trials_read if metrics.exported else None
         )
-        self.service = Service(store, self.caches, self.trial_reads)
+        self.room = ReplyRoom(self.caches)
+        self.service = Service(store, self.caches, self.trial_reads, self.room)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
         self._forwarders = [
             None
@@ -141,6 +143,7 @@ class Worker:
             self._forwarders,
             self.metrics,
             read_timeout=config.retry_deadline + FORWARDED_READ_MARGIN,
+            room=self.room,
             extension=ClientExtension(store, _die_after_commit if config.fault_hooks else None),
         )
         self._forward_server: ForwardServer | None = None
@@ -170,7 +173,10 @@ class Worker:
         if self.shard.count > 1:
             path = self.shard.peer_socket_paths[self.shard.index]
             self._forward_server = ForwardServer(
-                path, self.front.handle_forwarded, max_request_size=self.config.max_request_bytes
+                path,
+                self.front.handle_forwarded,
+                max_request_size=self.config.max_request_bytes,
+                room=self.room,
             )
         self._server.start()
         self.health.start()
@@ -248,7 +254,7 @@ class Worker:
             self._executor.submit(forever.wait)
 
     def _make_grpc_server(self) -> grpc.Server:
-        handlers = method_handlers(self.front, self.metrics)
+        handlers = method_handlers(self.front, self.metrics, self.room)
         self._executor = ThreadPoolExecutor(
             max_workers=self.config.threads, thread_name_prefix="rpc"
         )
