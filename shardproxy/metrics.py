@@ -36,6 +36,9 @@ Metric names, all prefixed `shardproxy_`:
   served (`trial_reads`).
 - `db_statements_total`, `db_transient_errors_total`, `db_retries_total`: statements
   sent through a cursor, transient database errors met, and attempts run again.
+- `reply_room_waits_total`, `reply_room_wait_seconds_total`: large replies that
+  waited for room in the cache bound beside those in flight (`reply_room`), and
+  how long they waited: reads slowed because `--cache-memory` is tight.
 - `cached_studies`, `cached_trials`, `cached_bytes`: what the caches hold (encoded
   trial bytes), summed over the live workers.
 - `build_info{version,codec,driver}`: 1, per running version.
@@ -83,6 +86,8 @@ _HELP = {
     "db_statements": "Statements sent to the database",
     "db_transient_errors": "Transient database errors met",
     "db_retries": "Database attempts run again after a transient error",
+    "reply_room_waits": "Large replies that waited for room in the cache bound",
+    "reply_room_wait_seconds": "Seconds large replies waited for room in the cache bound",
     "cached_studies": "Studies cached",
     "cached_trials": "Trials cached",
     "cached_bytes": "Encoded trial bytes cached",
@@ -104,7 +109,9 @@ _READS_PER_BATCH = _READS_PER_SYNC + len(_READS) + 1  # + bucket, then the sum
 _STATEMENTS = _READS_PER_BATCH + len(_READS) + 1
 _TRANSIENT = _STATEMENTS + 1
 _RETRIES = _TRANSIENT + 1
-_SLOTS = _RETRIES + 1
+_ROOM_WAITS = _RETRIES + 1
+_ROOM_WAIT_SECONDS = _ROOM_WAITS + 1
+_SLOTS = _ROOM_WAIT_SECONDS + 1
 
 Tally = collections.defaultdict  # slot -> count or sum; only its thread writes it
 
@@ -215,6 +222,11 @@ class Metrics:
         if retrying:
             tally[_RETRIES] += 1
 
+    def reply_waited(self, seconds: float) -> None:
+        tally = self._tally()
+        tally[_ROOM_WAITS] += 1
+        tally[_ROOM_WAIT_SECONDS] += seconds
+
     def statement(self) -> None:
         self._tally()[_STATEMENTS] += 1
 
@@ -285,6 +297,8 @@ class Metrics:
         self._counter("db_statements", {}, total[_STATEMENTS])
         self._counter("db_transient_errors", {}, total[_TRANSIENT])
         self._counter("db_retries", {}, total[_RETRIES])
+        self._counter("reply_room_waits", {}, total[_ROOM_WAITS])
+        self._counter("reply_room_wait_seconds", {}, total[_ROOM_WAIT_SECONDS])
         for name, value in zip(("cached_studies", "cached_trials", "cached_bytes"),
                                self._cached, strict=True):
             self._write("gauge_livesum", name, name, {}, value)

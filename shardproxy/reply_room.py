@@ -46,9 +46,16 @@ T = TypeVar("T")
 class ReplyRoom:
     """Takes room for the large replies of the calls this worker serves."""
 
-    def __init__(self, caches: StudyCaches, wait: float = ROOM_WAIT) -> None:
+    def __init__(
+        self,
+        caches: StudyCaches,
+        wait: float = ROOM_WAIT,
+        on_waited: Callable[[float], None] | None = None,
+    ) -> None:
+        """`on_waited(seconds)`: told of each reply that waited for room (metrics)."""
         self._caches = caches
         self._wait = wait
+        self._on_waited = on_waited
         self._calls = threading.local()  # .held: the bytes the thread's call holds
 
     def serve(self, handle: Callable[..., T], *args: object) -> tuple[T, Release | None]:
@@ -76,8 +83,10 @@ class ReplyRoom:
         if held is None or reply_bytes < LARGE_REPLY:
             return
         room = COPIES * reply_bytes
-        self._caches.reserve(room, keep=study_id, wait=self._wait if wait else 0.0)
+        waited = self._caches.reserve(room, keep=study_id, wait=self._wait if wait else 0.0)
         self._calls.held = held + room
+        if waited and self._on_waited is not None:
+            self._on_waited(waited)
 
     def _give_back(self, nbytes: int) -> None:
         if nbytes:

@@ -107,25 +107,29 @@ class StudyCaches:
             caches = list(self._studies.values())
         return len(caches), sum(len(c) for c in caches), sum(c.encoded_bytes for c in caches)
 
-    def reserve(self, nbytes: int, keep: int | None = None, wait: float = 0.0) -> None:
+    def reserve(self, nbytes: int, keep: int | None = None, wait: float = 0.0) -> float:
         """Takes `nbytes` of the byte bound for a reply in flight, until `unreserve`.
 
         Cached studies are evicted to leave the room (all but `keep`, the study the
         reply is read from). Where replies in flight already hold so much that this
         one does not fit beside them, waits for room up to `wait` seconds, then takes
         it anyway: a client that stops reading must not stall every other read. One
-        reply alone always goes, whatever its size."""
+        reply alone always goes, whatever its size. Returns the seconds it waited."""
         with self._lock:
             if self._max_bytes is None:
-                return
-            deadline = time.monotonic() + wait
-            while self._reserved and self._reserved + nbytes > self._max_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._room_freed.wait(remaining)
+                return 0.0
+            waited = 0.0
+            if self._reserved and self._reserved + nbytes > self._max_bytes:
+                started = time.monotonic()
+                while self._reserved and self._reserved + nbytes > self._max_bytes:
+                    remaining = started + wait - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._room_freed.wait(remaining)
+                waited = time.monotonic() - started
             self._reserved += nbytes
             self._evict_beyond_limit(keep=keep)
+            return waited
 
     def unreserve(self, nbytes: int) -> None:
         """Gives back room `reserve` took, once the reply it was for has been sent."""

@@ -123,7 +123,9 @@ class Worker:
         self.trial_reads = TrialReads(
             store.get_trials, on_batch=metrics.trials_read if metrics.exported else None
         )
-        self.room = ReplyRoom(self.caches)
+        self.room = ReplyRoom(
+            self.caches, on_waited=metrics.reply_waited if metrics.exported else None
+        )
         self.service = Service(store, self.caches, self.trial_reads, self.room)
         self.router = Router(shard.index, shard.count, store.get_study_id_of_trial)
         self._forwarders = [

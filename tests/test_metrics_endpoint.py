@@ -215,6 +215,9 @@ def test_metrics_count_what_real_clients_did(mariadb_url: str) -> None:
         assert dict(build)["driver"] == "mysql+pymysql"
         assert value(after, "shardproxy_build_info", **dict(build)) == 1
         assert delta("shardproxy_db_transient_errors_total") == 0
+        # No reply here is large enough to take room in the cache bound (`reply_room`).
+        assert ("shardproxy_reply_room_waits_total", ()) in after
+        assert value(after, "shardproxy_reply_room_waits_total") == 0
         assert total(after, "shardproxy_worker_restarts_total") == 0
         assert total(after, "shardproxy_shard_ready") == 2
 

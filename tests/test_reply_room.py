@@ -109,6 +109,25 @@ def test_room_is_held_for_the_call_and_given_back_once_or_on_failure() -> None:
     assert caches.reserved() == 0
 
 
+def test_a_reply_that_waited_for_room_is_told_with_how_long() -> None:
+    caches = StudyCaches(_load, max_trials=100, max_bytes=3 * LARGE_REPLY)
+    waits: list[float] = []
+    room = ReplyRoom(caches, wait=0.2, on_waited=waits.append)
+
+    def build() -> bytes:
+        room.hold(LARGE_REPLY)
+        return b"x"
+
+    _, first = room.serve(build)
+    assert waits == []  # alone: no wait
+    _, second = room.serve(build)  # beside the first it does not fit: waits it out
+    assert len(waits) == 1 and waits[0] >= 0.2
+    assert first is not None and second is not None
+    first()
+    second()
+    assert caches.reserved() == 0
+
+
 def _wait_for(condition: object, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
