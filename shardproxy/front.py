@@ -132,7 +132,7 @@ class Front:
         that dies closes the connection; a hung one is restarted by the watchdog.
 
         `room`: where a large reply relayed from its owner takes room until it is
-        sent, as the owner's own replies do (`reply_room`)."""
+        sent, as the owner's own replies do (`ReplyRoom.relay`)."""
         self._service = service
         self._router = router
         self._forwarders = forwarders
@@ -221,6 +221,11 @@ class Front:
             return self._service.call(method_index, fields)
         owner = self._router.owner_of(study_id)
         if owner != self._router.shard_index:
+            if method_index in LARGE_REPLY_METHODS:  # GetTrials: (study, ids, id > this)
+                full_read = fields[2] < 0
+                return self._room.relay(
+                    study_id, full_read, lambda: self._forward(owner, method_index, request)
+                )
             return self._forward(owner, method_index, request)
         if self._requests[method_index][1] is Scope.TRIAL:
             fields = (study_id, *fields)
@@ -276,8 +281,6 @@ class Front:
         if status != 0:
             code = _STATUS_BY_VALUE.get(status, grpc.StatusCode.UNKNOWN)
             raise StatusError(code, payload.decode("utf-8", "replace"))
-        if method_index in LARGE_REPLY_METHODS:
-            self._room.hold(len(payload), wait=False)  # it is here already
         return payload
 
 

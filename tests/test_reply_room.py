@@ -128,6 +128,25 @@ def test_a_reply_that_waited_for_room_is_told_with_how_long() -> None:
     assert caches.reserved() == 0
 
 
+def test_a_relayed_full_read_takes_room_before_it_is_forwarded_once_its_size_is_known() -> None:
+    caches = StudyCaches(_load, max_trials=100, max_bytes=100 * LARGE_REPLY)
+    room = ReplyRoom(caches)
+    reply = b"x" * LARGE_REPLY
+    during: list[int] = []  # room taken while the owner is asked
+
+    def fetch() -> bytes:
+        during.append(caches.reserved())
+        return reply
+
+    for full_read in (True, True, False):  # a delta read's size is not foretold
+        relayed, give_back = room.serve(room.relay, 7, full_read, fetch)
+        assert relayed == reply and give_back is not None
+        assert caches.reserved() == COPIES * len(reply)  # counted once, however taken
+        give_back()
+    assert during == [0, COPIES * len(reply), 0]
+    assert caches.reserved() == 0
+
+
 def _wait_for(condition: object, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
