@@ -63,7 +63,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("cache-max-trials", int, "trials cached per worker before whole studies are evicted"),
     ("cache-memory", byte_size, "bytes of trial cache for the whole instance (4G, 512MiB, "
      "...), split evenly over the workers; beyond it whole least-recently-used studies are "
-     "evicted (0: a quarter of the machine's memory, or of its cgroup's limit)"),
+     "evicted; full reads' replies take room in it while they are sent (0: a quarter of the "
+     "machine's memory, or of its cgroup's limit)"),
     ("drain-timeout", float, "seconds in-flight RPCs may take to finish on SIGTERM"),
     ("drain-delay", float, "seconds a stopping worker keeps serving while health checks say "
      "NOT_SERVING, before it closes its port (within --drain-timeout)"),

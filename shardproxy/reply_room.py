@@ -82,12 +82,12 @@ class ReplyRoom:
             return result, None
         return result, lambda: self._give_back(held)
 
-    def hold(self, reply_bytes: int, study_id: int | None = None, wait: bool = True) -> None:
-        """Counts a reply of `reply_bytes` against the bound until the call serving
-        it ends: first evicting cached studies (except `study_id`, the one it is read
-        from), and, with `wait`, waiting for replies in flight to leave room."""
+    def hold(self, reply_bytes: int, study_id: int | None = None) -> None:
+        """Counts a reply about to be built, of `reply_bytes`, against the bound until
+        the call serving it ends: evicting cached studies (except `study_id`, the one
+        it is read from), and waiting for replies in flight to leave room."""
         if reply_bytes >= LARGE_REPLY:
-            self._take(reply_bytes, study_id, wait)
+            self._take(reply_bytes, study_id, wait=True)
 
     def relay(self, study_id: int, full_read: bool, fetch: Callable[[], bytes]) -> bytes:
         """The reply `fetch()` brings from the study's owner, held as `hold` holds
