@@ -262,8 +262,9 @@ class ForwardServer:
                     status, payload = self._answer(method_index, request)
                     channel.send_frame(request_id, status, payload)
                     continue
+                # `send_frame` writes the payload itself: no copy of it is made.
                 (status, payload), give_back = self._room.serve(
-                    self._answer, method_index, request
+                    self._answer, method_index, request, copies=1
                 )
                 try:
                     channel.send_frame(request_id, status, payload)
