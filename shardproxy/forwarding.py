@@ -262,9 +262,8 @@ class ForwardServer:
                     status, payload = self._answer(method_index, request)
                     channel.send_frame(request_id, status, payload)
                     continue
-                # `send_frame` writes the payload itself: no copy of it is made.
                 (status, payload), give_back = self._room.serve(
-                    self._answer, method_index, request, copies=1
+                    self._answer, method_index, request
                 )
                 try:
                     channel.send_frame(request_id, status, payload)

@@ -9,8 +9,7 @@ itself (`bench/results/memory-soak-90s.md`: 2.4 times the bound, three readers).
 
 So a reply of `LARGE_REPLY` bytes or more takes room in the worker's byte bound
 (`StudyCaches.reserve`) for as long as its call lasts: twice its size, for the
-reply and gRPC's copy of it (once, where the owner answers a forwarded call: the
-forwarding channel writes the reply itself). The owner takes it before it builds the reply, so
+reply and gRPC's copy of it. The owner takes it before it builds the reply, so
 the cached studies are evicted to leave it, and a reply that does not fit beside
 those already in flight waits for one of them to be sent (up to `ROOM_WAIT`). The
 relaying worker takes room for a full read before it forwards the call, as much
@@ -35,8 +34,7 @@ from shardproxy.wire import METHOD_INDEX
 
 # Replies below this size are not counted: a delta read's few trials, a single trial.
 LARGE_REPLY = 256 * 1024
-# The bytes a reply sent by gRPC holds per byte of it while in flight: itself and
-# gRPC's copy.
+# The bytes a reply holds per byte of it while in flight: itself and gRPC's copy.
 COPIES = 2
 # How long a large reply waits for room before it goes anyway (see `StudyCaches.reserve`).
 ROOM_WAIT = 5.0
@@ -62,22 +60,17 @@ class ReplyRoom:
         self._caches = caches
         self._wait = wait
         self._on_waited = on_waited
-        # .held: the bytes the thread's call holds; .copies: per byte of its reply
-        self._calls = threading.local()
+        self._calls = threading.local()  # .held: the bytes the thread's call holds
         self._sizes_lock = threading.Lock()
         # study id -> bytes of its last full read relayed here, least recent first
         self._full_read_sizes: OrderedDict[int, int] = OrderedDict()
 
-    def serve(
-        self, handle: Callable[..., T], *args: object, copies: int = COPIES
-    ) -> tuple[T, Release | None]:
+    def serve(self, handle: Callable[..., T], *args: object) -> tuple[T, Release | None]:
         """`handle(*args)` as one call: its result, and what gives back the room its
         reply holds (None: none held), to be called once that reply is sent. If
-        `handle` raises, the room is given back before the exception goes on.
-        `copies`: of the reply held while it is sent, the reply itself included."""
+        `handle` raises, the room is given back before the exception goes on."""
         calls = self._calls
         calls.held = 0
-        calls.copies = copies
         try:
             result = handle(*args)
         except BaseException:
@@ -118,7 +111,7 @@ class ReplyRoom:
         held = getattr(self._calls, "held", None)
         if held is None:  # not within a call: nobody would give it back
             return
-        room = self._calls.copies * reply_bytes
+        room = COPIES * reply_bytes
         waited = self._caches.reserve(room, keep=study_id, wait=self._wait if wait else 0.0)
         self._calls.held = held + room
         if waited and self._on_waited is not None:
