@@ -139,8 +139,9 @@ class StudyCaches:
             self._reserved -= nbytes
             self._room_freed.notify_all()
 
-    def reserved(self) -> int:
-        """Bytes of the bound replies in flight hold now."""
+    @property
+    def reserved_bytes(self) -> int:
+        """What the replies in flight hold of the byte bound now."""
         with self._lock:
             return self._reserved
 

@@ -45,13 +45,13 @@ def test_room_taken_for_a_reply_evicts_other_studies_until_it_is_given_back() ->
     # A reply from study 1 that needs a study's worth of room: the least recently
     # used other study goes, the one the reply is read from stays.
     caches.reserve(per_study, keep=1)
-    assert caches.reserved() == per_study
+    assert caches.reserved_bytes == per_study
     assert caches.holds(1) and not caches.holds(2) and caches.holds(3)
     caches.synced(2)  # no room for a third study beside the reply: the oldest goes
     assert caches.holds(2) and caches.holds(3) and not caches.holds(1)
 
     caches.unreserve(per_study)
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
     caches.synced(1)  # the room is back: all three fit again
     assert all(caches.holds(s) for s in (1, 2, 3))
 
@@ -66,7 +66,7 @@ def test_a_reply_that_does_not_fit_beside_those_in_flight_waits_for_one_to_be_se
         assert not taken.wait(0.3), "took room that replies in flight hold"
         caches.unreserve(600)
         assert taken.wait(5.0)
-        assert caches.reserved() == 600
+        assert caches.reserved_bytes == 600
     finally:
         caches.unreserve(600)
         second.join()
@@ -79,26 +79,26 @@ def test_a_reply_waits_for_room_no_longer_than_its_wait_and_alone_any_size_goes(
     assert time.monotonic() - started < 1.0
     caches.reserve(600, wait=0.2)  # a client that stops reading stalls no one for long
     assert time.monotonic() - started >= 0.2
-    assert caches.reserved() == 10_600
+    assert caches.reserved_bytes == 10_600
 
 
 def test_room_is_held_for_the_call_and_given_back_once_or_on_failure() -> None:
     caches = StudyCaches(_load, max_trials=100, max_bytes=100 * LARGE_REPLY)
     room = ReplyRoom(caches)
     room.hold(10 * LARGE_REPLY)  # outside a call nobody would give it back: not taken
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
 
     def build(size: int) -> bytes:
         room.hold(size)
         return b"x"
 
     reply, give_back = room.serve(build, LARGE_REPLY - 1)  # small replies are not counted
-    assert reply == b"x" and give_back is None and caches.reserved() == 0
+    assert reply == b"x" and give_back is None and caches.reserved_bytes == 0
     reply, give_back = room.serve(build, LARGE_REPLY)
-    assert caches.reserved() == COPIES * LARGE_REPLY
+    assert caches.reserved_bytes == COPIES * LARGE_REPLY
     assert give_back is not None
     give_back()
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
 
     def fail() -> bytes:
         room.hold(LARGE_REPLY)
@@ -106,7 +106,7 @@ def test_room_is_held_for_the_call_and_given_back_once_or_on_failure() -> None:
 
     with pytest.raises(KeyError):
         room.serve(fail)
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
 
 
 def test_a_reply_that_waited_for_room_is_told_with_how_long() -> None:
@@ -125,7 +125,7 @@ def test_a_reply_that_waited_for_room_is_told_with_how_long() -> None:
     assert first is not None and second is not None
     first()
     second()
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
 
 
 def test_a_relayed_full_read_takes_room_before_it_is_forwarded_once_its_size_is_known() -> None:
@@ -135,16 +135,16 @@ def test_a_relayed_full_read_takes_room_before_it_is_forwarded_once_its_size_is_
     during: list[int] = []  # room taken while the owner is asked
 
     def fetch() -> bytes:
-        during.append(caches.reserved())
+        during.append(caches.reserved_bytes)
         return reply
 
     for full_read in (True, True, False):  # a delta read's size is not foretold
         relayed, give_back = room.serve(room.relay, 7, full_read, fetch)
         assert relayed == reply and give_back is not None
-        assert caches.reserved() == COPIES * len(reply)  # counted once, however taken
+        assert caches.reserved_bytes == COPIES * len(reply)  # counted once, however taken
         give_back()
     assert during == [0, COPIES * len(reply), 0]
-    assert caches.reserved() == 0
+    assert caches.reserved_bytes == 0
 
 
 def _wait_for(condition: object, seconds: float = 10.0) -> bool:
@@ -189,7 +189,7 @@ def test_full_reads_through_the_proxy_take_room_in_owner_and_relay_and_give_it_b
         with proxy_client(owner.port) as client:
             for study_id in study_ids:
                 assert len(client.get_all_trials(study_id)) == trials
-        assert _wait_for(lambda: owner.caches.reserved() == 0)
+        assert _wait_for(lambda: owner.caches.reserved_bytes == 0)
         assert not owner.caches.holds(first)
         assert owner.caches.holds(second) and owner.caches.holds(third)
 
@@ -199,9 +199,9 @@ def test_full_reads_through_the_proxy_take_room_in_owner_and_relay_and_give_it_b
         assert all(relay.caches.holds(s) for s in study_ids)
         reply, give_back = relay.room.serve(relay.front.handle, _GET_TRIALS, full_read(first))
         assert len(reply) == reply_bytes and give_back is not None
-        assert relay.caches.reserved() == COPIES * reply_bytes
+        assert relay.caches.reserved_bytes == COPIES * reply_bytes
         assert not relay.caches.holds(first)
         give_back()
-        assert relay.caches.reserved() == 0
+        assert relay.caches.reserved_bytes == 0
         # ... and the owner gave back what the forwarded call took once it was sent.
-        assert _wait_for(lambda: owner.caches.reserved() == 0)
+        assert _wait_for(lambda: owner.caches.reserved_bytes == 0)
