@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import optuna
 import pytest
@@ -31,12 +31,8 @@ def _load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialR
     ]
 
 
-def _study_bytes() -> int:
-    return StudyCaches(_load, max_trials=100).synced(1).memory_bytes
-
-
 def test_room_taken_for_a_reply_evicts_other_studies_until_it_is_given_back() -> None:
-    per_study = _study_bytes()
+    per_study = StudyCaches(_load, max_trials=100).synced(1).memory_bytes
     caches = StudyCaches(_load, max_trials=100, max_bytes=3 * per_study)
     for study_id in (1, 2, 3):
         caches.synced(study_id)
@@ -60,7 +56,12 @@ def test_a_reply_that_does_not_fit_beside_those_in_flight_waits_for_one_to_be_se
     caches = StudyCaches(_load, max_trials=100, max_bytes=1000)
     caches.reserve(600)
     taken = threading.Event()
-    second = threading.Thread(target=lambda: (caches.reserve(600, wait=30.0), taken.set()))
+
+    def take() -> None:
+        caches.reserve(600, wait=30.0)
+        taken.set()
+
+    second = threading.Thread(target=take)
     second.start()
     try:
         assert not taken.wait(0.3), "took room that replies in flight hold"
@@ -147,10 +148,10 @@ def test_a_relayed_full_read_takes_room_before_it_is_forwarded_once_its_size_is_
     assert caches.reserved_bytes == 0
 
 
-def _wait_for(condition: object, seconds: float = 10.0) -> bool:
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(0.02)
     return False
