@@ -118,14 +118,15 @@ class StudyCaches:
         with self._lock:
             if self._max_bytes is None:
                 return 0.0
+            max_bytes = self._max_bytes
+
+            def fits() -> bool:
+                return not self._reserved or self._reserved + nbytes <= max_bytes
+
             waited = 0.0
-            if self._reserved and self._reserved + nbytes > self._max_bytes:
+            if not fits():
                 started = time.monotonic()
-                while self._reserved and self._reserved + nbytes > self._max_bytes:
-                    remaining = started + wait - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._room_freed.wait(remaining)
+                self._room_freed.wait_for(fits, wait)
                 waited = time.monotonic() - started
             self._reserved += nbytes
             self._evict_beyond_limit(keep=keep)
