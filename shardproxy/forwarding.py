@@ -258,13 +258,13 @@ class ForwardServer:
                 if frame is None:
                     return
                 request_id, method_index, request = frame
+                give_back = None
                 if self._room is None or method_index not in LARGE_REPLY_METHODS:
                     status, payload = self._answer(method_index, request)
-                    channel.send_frame(request_id, status, payload)
-                    continue
-                (status, payload), give_back = self._room.serve(
-                    self._answer, method_index, request
-                )
+                else:
+                    (status, payload), give_back = self._room.serve(
+                        self._answer, method_index, request
+                    )
                 try:
                     channel.send_frame(request_id, status, payload)
                 finally:
