@@ -42,7 +42,6 @@ never waits.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import threading
@@ -53,7 +52,7 @@ from itertools import islice
 from typing import NamedTuple
 
 from shardproxy import codec
-from shardproxy.heap import collector_paused, trim_c_heap
+from shardproxy.heap import collector_paused, on_loading_thread, trim_c_heap
 from shardproxy.packed_trials import Buffer, PackedTrials
 from shardproxy.rows import TrialRow
 
@@ -320,11 +319,17 @@ class StudyCache:
         self._witness: _Witness | None = None  # only where ids are reused
 
     def _refresh(self) -> None:
+        if self._max_id < 0:
+            # A first read, on the process's loading thread: see `heap.on_loading_thread`.
+            on_loading_thread(self._refresh_first)
+        elif self._refresh_now() >= SETTLE_AFTER:
+            self._settle()
+
+    def _refresh_first(self) -> None:
         # A study's first read builds objects for every trial at once, and the garbage
         # collector would walk them again and again as they pile up (a third of the
         # CPU of a first read of 100 000 trials): it waits until they are built.
-        first_read = self._max_id < 0
-        with collector_paused() if first_read else contextlib.nullcontext():
+        with collector_paused():
             added = self._refresh_now()
         if added >= SETTLE_AFTER:
             self._settle()

@@ -305,6 +305,36 @@ def test_the_collector_waits_while_a_study_is_first_read() -> None:
     assert gc.isenabled()
 
 
+def test_first_reads_run_on_one_loading_thread_and_deltas_on_the_readers_own() -> None:
+    """What first reads churn through stays in one thread's C heap (`heap`): each
+    study's first read runs on the same thread, whichever thread asked; a delta
+    runs on the reader's own; a first read's error reaches the reader."""
+    table = Table()
+    table.put(trial(1))
+    loaded_on: list[tuple[int, threading.Thread]] = []
+
+    def load(study_id: int, greater_than: int, ids: Collection[int]) -> list[TrialRow]:
+        loaded_on.append((greater_than, threading.current_thread()))
+        return table.load_trials(study_id, greater_than, ids)
+
+    caches = [StudyCache(STUDY, load), StudyCache(STUDY, load)]
+    readers = [threading.Thread(target=cache.sync) for cache in caches]
+    for reader in readers:
+        reader.start()
+        reader.join()
+    table.put(trial(2))
+    caches[0].sync()
+    assert [greater_than for greater_than, _ in loaded_on] == [-1, -1, 1]
+    first, second, delta = (thread for _, thread in loaded_on)
+    assert first is second
+    assert first not in readers and first is not threading.current_thread()
+    assert delta is threading.current_thread()
+    assert decoded_ids(caches[0].trials_bytes([], -1)) == [1, 2]
+    with pytest.raises(KeyError):
+        StudyCache(STUDY + 1, load).sync()
+    assert loaded_on[-1][1] is first
+
+
 def test_the_collector_pause_ends_with_the_last_thread_and_keeps_it_off_if_it_was() -> None:
     import gc
 
