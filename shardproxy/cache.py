@@ -139,8 +139,14 @@ class StudyCache:
         self._on_grown = on_grown
         self._lock = threading.Lock()
         self._empty()
-        # Single-flight bookkeeping, guarded by _sync_done's lock.
-        self._sync_done = threading.Condition()
+        # Single-flight bookkeeping, guarded by _sync_lock. A read waits for the sync
+        # it needs on the condition of that sync's number's parity: at any time the
+        # waiting reads need the running sync or the one after it, so a sync that
+        # ends wakes its own readers, and one reader of the next to run it, rather
+        # than every waiting reader (most of whom would only wait again).
+        self._sync_lock = threading.Lock()
+        self._sync_done = (threading.Condition(self._sync_lock),
+                           threading.Condition(self._sync_lock))
         self._syncs_started = 0
         self._syncs_finished = 0
         self._sync_running = False
@@ -269,28 +275,29 @@ class StudyCache:
         Raises KeyError when the study no longer exists, or whatever the database
         raised for the sync this call waited on.
         """
-        with self._sync_done:
+        with self._sync_lock:
             needed = self._syncs_started + 1
+            done = self._sync_done[needed % 2]
             self._reads_for_next_sync += 1
             if self._sync_running:
                 self._read_during_sync = True
             while self._syncs_finished < needed:
                 if self._sync_running:
-                    self._sync_done.wait()
+                    done.wait()
                     continue
                 self._sync_running = True
                 busy, self._read_during_sync = self._read_during_sync, False
                 if busy and self._window > 0:
                     # Reads arriving meanwhile still see the sync as not yet
                     # started, so they join it rather than the one after.
-                    self._sync_done.release()
+                    self._sync_lock.release()
                     time.sleep(self._window)
-                    self._sync_done.acquire()
+                    self._sync_lock.acquire()
                 self._syncs_started += 1
                 number = self._syncs_started
                 served, self._reads_for_next_sync = self._reads_for_next_sync, 0
                 error: BaseException | None = None
-                self._sync_done.release()
+                self._sync_lock.release()
                 try:
                     if self._on_sync is not None:
                         self._on_sync(served)
@@ -298,11 +305,13 @@ class StudyCache:
                 except BaseException as exc:  # handed to the waiters, then re-raised
                     error = exc
                 finally:
-                    self._sync_done.acquire()
+                    self._sync_lock.acquire()
                     self._sync_running = False
                     self._syncs_finished = number
                     self._failed_sync = None if error is None else (number, error)
-                    self._sync_done.notify_all()
+                    self._sync_done[number % 2].notify_all()
+                    if self._reads_for_next_sync:
+                        self._sync_done[(number + 1) % 2].notify()
                 if error is not None:
                     raise error
             if self._failed_sync is not None and self._failed_sync[0] == needed:

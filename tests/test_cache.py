@@ -38,6 +38,7 @@ class Table:
         self.rows: dict[int, TrialRow] = {}
         self.loads: list[tuple[int, list[int]]] = []
         self.hold: threading.Event | None = None  # while set, a load waits for it
+        self.error: Exception | None = None  # the next load raises it, after its hold
         self.load_started = threading.Event()
         self._lock = threading.Lock()
 
@@ -57,6 +58,9 @@ class Table:
         hold = self.hold
         if hold is not None:
             hold.wait()
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
         return [row for i, row in sorted(snapshot.items()) if i > greater_than or i in ids]
 
 
@@ -179,6 +183,103 @@ def test_a_study_is_syncing_while_a_sync_runs_or_reads_wait_for_one() -> None:
         thread.join(10)
     assert not cache.syncing
     assert len(table.loads) == 2
+
+
+class CountedCondition(threading.Condition):
+    """A condition that counts the waits that have ended, its `wakes`."""
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        super().__init__(lock)
+        self.wakes = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wakes += 1  # under the condition's lock again
+        return woken
+
+
+def cache_with_counted_conditions(
+    monkeypatch: pytest.MonkeyPatch, table: Table
+) -> tuple[StudyCache, list[CountedCondition]]:
+    """A cache whose conditions count their wakes: those the cache made for itself."""
+    made: list[CountedCondition] = []
+
+    class Recorded(CountedCondition):
+        def __init__(self, lock: threading.Lock | None = None) -> None:
+            super().__init__(lock)
+            made.append(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading, "Condition", Recorded)
+        cache = StudyCache(STUDY, table.load_trials)
+    return cache, made
+
+
+def test_a_sync_that_ends_wakes_one_reader_of_the_next_to_run_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readers that arrived during a sync need the next one: when the sync ends, one
+    of them is woken to run it and the others sleep on until it has run."""
+    table = Table()
+    table.put(trial(1))
+    cache, conditions = cache_with_counted_conditions(monkeypatch, table)
+    cache.sync()  # the first read
+    first_hold = table.hold = threading.Event()
+    table.load_started.clear()
+    first = threading.Thread(target=cache.sync)
+    first.start()
+    assert table.load_started.wait(10)
+    readers = [threading.Thread(target=cache.sync) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    assert wait_until(lambda: cache._reads_for_next_sync == 3)  # noqa: SLF001
+    second_hold = table.hold = threading.Event()
+    table.load_started.clear()
+    first_hold.set()
+    assert table.load_started.wait(10)  # one of the three runs the next sync...
+    first.join(10)
+    time.sleep(0.2)  # (time for any other woken reader to take the lock)
+    assert sum(c.wakes for c in conditions) == 1  # ...and the two others still sleep
+    second_hold.set()
+    for reader in readers:
+        reader.join(10)
+
+    assert not any(reader.is_alive() for reader in readers)
+    assert sum(c.wakes for c in conditions) == 3  # each reader woken once
+    assert len(table.loads) == 3
+
+
+def test_a_failed_sync_raises_in_its_reader_and_the_next_one_still_runs() -> None:
+    table = Table()
+    table.put(trial(1))
+    cache = StudyCache(STUDY, table.load_trials)
+    cache.sync()
+    held = table.hold = threading.Event()
+    table.load_started.clear()
+    table.error = ConnectionError("the database went away")
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            cache.sync()
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=read)
+    first.start()
+    assert table.load_started.wait(10)
+    waiting = threading.Thread(target=read)
+    waiting.start()
+    assert wait_until(lambda: cache._reads_for_next_sync == 1)  # noqa: SLF001
+    table.put(trial(2))
+    table.hold = None
+    held.set()
+    first.join(10)
+    waiting.join(10)
+
+    assert not waiting.is_alive()
+    assert [str(error) for error in errors] == ["the database went away"]  # the first's
+    assert decoded_ids(cache.trials_bytes([], id_greater_than=-1)) == [1, 2]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
