@@ -35,6 +35,7 @@ from shardproxy.wire import (
     TRIAL_NUMBER_TAG,
     TRIAL_REPLY_TRIAL_TAG,
 )
+from shardproxy.worker import QUEUE_EVERY_CALL
 
 DEFAULT_ECHO_THREADS = 64  # shardproxy's default gRPC handler threads per worker
 # A started trial as the echo floor describes it: RUNNING, with a start time.
@@ -126,7 +127,8 @@ class EchoHandlers:
 
 
 def make_echo_server(host: str, port: int, threads: int) -> grpc.Server:
-    """shardproxy's stack: sync server, thread pool, SO_REUSEPORT, generic raw handlers."""
+    """shardproxy's stack: sync server, thread pool, SO_REUSEPORT, generic raw handlers,
+    and every call queued rather than dropped (`shardproxy.worker.QUEUE_EVERY_CALL`)."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=threads),
         handlers=[grpc.method_handlers_generic_handler(SERVICE, EchoHandlers().table())],
@@ -134,6 +136,7 @@ def make_echo_server(host: str, port: int, threads: int) -> grpc.Server:
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
+            *QUEUE_EVERY_CALL,
         ],
     )
     if server.add_insecure_port(f"{host}:{port}") == 0:

@@ -67,6 +67,18 @@ OWNER_RESTART_WAIT = 10.0
 # reply (a forwarded write waits for the owner's answer: see `Front`).
 FORWARDED_READ_MARGIN = 30.0
 _INT_MAX = (1 << 31) - 1  # gRPC's integer options are C ints
+# Calls that reached the server but that its serving thread has not taken yet wait
+# in gRPC's own queue. Past 1 000 of them in one process gRPC drops new ones at
+# random, with CANCELLED, and every one past 3 000 (its defaults for these
+# options): a burst of a few thousand clients on one worker, as when a campaign
+# starts or its clients reconnect, then abandoned 2-5 % of the trials of
+# `bench.run --gen 4x500 --workers 1` that waiting would have served (the echo
+# floor, which does nothing but answer, lost more). They all wait instead: a
+# worker too slow to take them at all is the watchdog's to replace.
+QUEUE_EVERY_CALL = [
+    ("grpc.server.max_pending_requests", _INT_MAX),
+    ("grpc.server.max_pending_requests_hard_limit", _INT_MAX),
+]
 # How often a serving worker publishes its state: database reachability for the
 # supervisor's readiness, and the cache gauges.
 _STATUS_INTERVAL = 1.0
@@ -283,7 +295,8 @@ def _die_after_commit(key: str, repeated: bool) -> None:
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
-    """The gRPC server's options: port sharing, message sizes, keepalive, connection age."""
+    """The gRPC server's options: port sharing, message sizes, keepalive, the queue of
+    calls not yet taken, connection age."""
 
     def ms(seconds: float) -> int:
         return min(int(seconds * 1000), _INT_MAX)
@@ -306,6 +319,7 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         # default of five minutes closes the connection of a client pinging every
         # minute).
         ("grpc.http2.min_ping_interval_without_data_ms", ms(config.min_ping_interval)),
+        *QUEUE_EVERY_CALL,
     ]
     if config.max_connection_age > 0:
         options += [

@@ -7,6 +7,7 @@ clients, unmodified Optuna clients where the behaviour is theirs to see.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -270,3 +271,59 @@ def test_aged_connections_spread_over_workers_that_joined_later(sqlite_url: str)
         first.stop(grace=5.0)
         if second is not None:
             second.stop(grace=5.0)
+
+
+# -- a burst of calls ------------------------------------------------------------------------
+
+BURST_CLIENT = """
+import asyncio, collections, json, sys
+import grpc
+
+async def main(target, method, calls):
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        await call(b"")
+        print("connected", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        replies = await asyncio.gather(*(call(b"") for _ in range(calls)),
+                                       return_exceptions=True)
+    codes = collections.Counter(
+        "OK" if isinstance(reply, bytes) else reply.code().name for reply in replies)
+    print(json.dumps(codes), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_a_burst_of_calls_the_worker_cannot_take_yet_waits_rather_than_fails(
+    sqlite_url: str,
+) -> None:
+    """Calls a worker has not taken yet queue in gRPC; past gRPC's default of 1 000
+    such calls in one process, it would drop some at random with CANCELLED.
+
+    The test holds the interpreter's lock while a client sends 2 000 calls at once,
+    so that the worker's serving thread takes none of them until all have arrived,
+    as a worker busy with the calls before them would.
+    """
+    with running_workers(sqlite_url) as (worker,), subprocess.Popen(
+        [sys.executable, "-c", BURST_CLIENT, f"127.0.0.1:{worker.port}",
+         f"/{SERVICE}/GetAllStudies", "2000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as client:
+        try:
+            assert client.stdin is not None and client.stdout is not None
+            assert client.stdout.readline().strip() == "connected"
+            switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(BOUND)  # no other thread of this process runs...
+            try:
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                held_until = time.monotonic() + 3.0
+                while time.monotonic() < held_until:  # ...while this loop holds the lock
+                    pass
+            finally:
+                sys.setswitchinterval(switch_interval)
+            codes = json.loads(client.stdout.readline())
+        finally:
+            client.kill()
+    assert codes == {"OK": 2000}
