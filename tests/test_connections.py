@@ -1,4 +1,5 @@
-"""Connection hygiene: request size limit, IPv6 and wildcard hosts, connection age.
+"""Connection hygiene: request size limit, IPv6 and wildcard hosts, connection age, a
+burst of calls.
 
 Real workers (in this process, sharing a port as worker processes do), real gRPC
 clients, unmodified Optuna clients where the behaviour is theirs to see.
