@@ -292,3 +292,24 @@ def test_trials_in_flight_when_the_generator_is_cut_are_counted_as_cut() -> None
     assert recorder.trials == 0 and not recorder.calls  # no call ever returned
     assert recorder.errors == 3
     assert recorder.error_kinds == Counter({"CUT_AT_WIND_DOWN_LIMIT": 3})
+
+
+def test_a_trial_ended_by_an_error_is_counted_by_status_method_and_details() -> None:
+    def unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "shard 1 unavailable: connection refused")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        wire.SERVICE, {"GetTrials": grpc.unary_unary_rpc_method_handler(unavailable)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = GeneratorConfig(f"127.0.0.1:{port}", (1,), Workload("random", 1),
+                             virtual_workers=2, channels=1)
+    recorder = Recorder()
+    try:
+        asyncio.run(run_virtual_workers(config, recorder=recorder))  # each gives up after 20
+    finally:
+        server.stop(grace=None)
+    assert recorder.trials == 0
+    assert recorder.error_kinds == Counter(
+        {"UNAVAILABLE in GetTrials: shard 1 unavailable: connection refused": 40})

@@ -44,6 +44,7 @@ METHODS = (
 # TPE stores its relative params in chunks of this many characters.
 _RELATIVE_PARAMS_KEY = "tpe:relative_params"
 _SYSTEM_ATTR_MAX_LENGTH = 2045
+_DETAILS_SHOWN = 60  # characters of a failed call's status details kept in its error kind
 
 Call = Callable[[bytes], Awaitable[bytes]]
 
@@ -155,8 +156,10 @@ class VirtualWorker:
         self._tails = [wire.param_tail(name, distribution) for name in self._names]
         self._tpe_after = max(1, workload.n_startup_trials)
         self._trials_done = 0  # this worker's own
+        self.calling = ""  # the method of the call in flight, or of the last one
 
     async def _call(self, method: str, request: bytes) -> bytes:
+        self.calling = method
         start = time.perf_counter()
         reply = await self._calls[method](request)
         self.recorder.record(method, len(request), time.perf_counter() - start,
@@ -195,6 +198,15 @@ class VirtualWorker:
             await self._call("SetTrialSystemAttribute", request)
 
 
+def error_kind(exc: Exception, method: str) -> str:
+    """What ended a trial, as the run's errors list it: the status code, the method
+    and the start of the status details (which say what failed, e.g. which shard or
+    the database), or the exception's type where the reply did not parse."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name} in {method}: {(exc.details() or '')[:_DETAILS_SHOWN]}"
+    return type(exc).__name__
+
+
 async def run_worker(
     worker: VirtualWorker,
     keep_going: Callable[[], bool],
@@ -210,8 +222,7 @@ async def run_worker(
             # The RPC failed or its reply did not parse: the trial is abandoned, as a
             # crashed worker's would be, and the worker goes on with a new one.
             worker.recorder.errors += 1
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            worker.recorder.error_kinds[code.name if code else type(exc).__name__] += 1
+            worker.recorder.error_kinds[error_kind(exc, worker.calling)] += 1
             errors += 1
             if errors >= max_errors:
                 return
