@@ -16,7 +16,7 @@ import contextlib
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -255,6 +255,21 @@ def test_reply_parsing_reads_ids_and_states_through_every_field() -> None:
     assert cache.complete_or_pruned == 1  # FAIL is finished but not counted by TPE
 
 
+def get_trials_only(
+    handler: Callable[[bytes, grpc.ServicerContext], bytes], virtual_workers: int
+) -> tuple[grpc.Server, GeneratorConfig]:
+    """A started server that answers GetTrials with `handler` and nothing else, and a
+    generator configuration for `virtual_workers` on one channel to it."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        wire.SERVICE, {"GetTrials": grpc.unary_unary_rpc_method_handler(handler)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = GeneratorConfig(f"127.0.0.1:{port}", (1,), Workload("random", 1),
+                             virtual_workers=virtual_workers, channels=1)
+    return server, config
+
+
 def test_trials_in_flight_when_the_generator_is_cut_are_counted_as_cut() -> None:
     """A proxy that never answers: the trials its calls hold are cut and counted."""
     release = threading.Event()
@@ -265,13 +280,7 @@ def test_trials_in_flight_when_the_generator_is_cut_are_counted_as_cut() -> None
         release.wait(30)
         return b""
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        wire.SERVICE, {"GetTrials": grpc.unary_unary_rpc_method_handler(hang)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    config = GeneratorConfig(f"127.0.0.1:{port}", (1,), Workload("random", 1),
-                             virtual_workers=3, channels=1)
+    server, config = get_trials_only(hang, virtual_workers=3)
 
     async def run_then_cut() -> Any:
         task = asyncio.ensure_future(run_virtual_workers(config, recorder=recorder))
@@ -298,13 +307,7 @@ def test_a_trial_ended_by_an_error_is_counted_by_status_method_and_details() -> 
     def unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.UNAVAILABLE, "shard 1 unavailable: connection refused")
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        wire.SERVICE, {"GetTrials": grpc.unary_unary_rpc_method_handler(unavailable)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    config = GeneratorConfig(f"127.0.0.1:{port}", (1,), Workload("random", 1),
-                             virtual_workers=2, channels=1)
+    server, config = get_trials_only(unavailable, virtual_workers=2)
     recorder = Recorder()
     try:
         asyncio.run(run_virtual_workers(config, recorder=recorder))  # each gives up after 20
