@@ -168,6 +168,8 @@ def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup
                 # 0: exited cleanly on SIGTERM; -15: SIGTERM's default action (the stock
                 # proxy has no handler); -9: it had to be killed.
                 cell["proxy_exit_code"] = proxy.process.returncode
+                cell["proxy_log_lines"] = proxy.log_line_count
+                cell["proxy_log"] = proxy.log_lines
             if kind is not None:
                 cell.update(_figures(outcome, db, studies, setup))
     except Unavailable as exc:

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,6 +52,8 @@ def run_stock(storage_url: str, host: str, port: int) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # It is the reference, experimental or not: a run keeps only what it logs of note.
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     storage = optuna.storages.get_storage(storage_url)
     optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
 

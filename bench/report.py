@@ -236,6 +236,15 @@ def markdown(data: dict[str, Any]) -> str:
         out += ["", "## Errors during the runs", ""]
         out += [f"- {c['scenario']} · {_label(c)} · {c['load']}: {c['errors'][:3]}"
                 for c in errors]
+    logged = [c for c in cells if c.get("proxy_log")]
+    if logged:
+        out += ["", "## What the proxies logged", ""]
+        for c in logged:
+            shown = len(c["proxy_log"])
+            count = c["proxy_log_lines"]
+            out.append(f"- {c['scenario']} · {_label(c)} · {c['load'] or 'latency'}: "
+                       f"{count} lines" + (f", the first {shown}:" if count > shown else ":"))
+            out += [f"      {line}" for line in c["proxy_log"]]
     return "\n".join(out) + "\n"
 
 

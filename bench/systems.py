@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -43,11 +43,20 @@ class ProxyOptions:
     serve_flags: tuple[str, ...] = ()  # more `shardproxy serve` flags
 
 
+# The most lines of a proxy's log a run keeps (the first ones: what went wrong first).
+LOG_LINES_KEPT = 20
+
+
 @dataclass
 class RunningProxy:
     name: str
     port: int
     process: subprocess.Popen
+    # What the proxy logged (shardproxy at WARNING and above), read once it stopped:
+    # a worker killed by the watchdog, or a database error answered to a client,
+    # shows here and not in the load's figures.
+    log_lines: list[str] = field(default_factory=list)
+    log_line_count: int = 0
 
     @property
     def pid(self) -> int:
@@ -168,5 +177,16 @@ def running_proxy(name: str, storage_url: str, options: ProxyOptions) -> Iterato
         yield proxy
     finally:
         stop(process)
+        proxy.log_line_count, proxy.log_lines = _read_log(stderr_path)
         with contextlib.suppress(OSError):
             os.unlink(stderr_path)
+
+
+def _read_log(path: str) -> tuple[int, list[str]]:
+    """(lines in the log, the first LOG_LINES_KEPT of them)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0, []
+    return len(lines), lines[:LOG_LINES_KEPT]
