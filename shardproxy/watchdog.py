@@ -1,19 +1,30 @@
-"""A worker's side of the watchdog: beats that travel the path of a client request.
+"""A worker's side of the watchdog: beats that prove its request handlers take work.
 
 gunicorn's sync worker proves it is alive from the loop that serves requests; a
 gRPC worker serves from a pool of handler threads, and a thread beside the pool
-would keep beating while every handler is stuck. So the beat is a request: a
-thread of the worker sends a tiny RPC (`shardproxy.Watchdog/Beat`) to the
-worker's own gRPC server, and the handler that answers it, one of the pool's
-threads, records the beat (`WorkerSpec.heartbeat`). When every handler thread is
-blocked, or the process is stopped (SIGSTOP), no beat is recorded and the
-supervisor kills the worker once its beat is `--watchdog-timeout` seconds old.
+would keep beating while every handler is stuck. So a beat needs evidence from
+the pool itself, one of two kinds, checked every beat interval by a thread of the
+worker (`Pinger`):
 
-The beat must reach this very process: a connection to the shared TCP port may
-land on another worker (SO_REUSEPORT), so the server also listens on a Unix socket
-of this process alone, and the beats go there. A beat waits in the same queue as
-the clients' requests; a worker so overloaded that a request waits longer than the
-timeout counts as stuck.
+- The pool's threads began calls since the last look (`CountingExecutor` counts
+  them): the handlers serve, however long calls wait in the queue before them.
+- Otherwise (an idle worker has nothing to count) a tiny RPC
+  (`shardproxy.Watchdog/Beat`) sent to the worker's own gRPC server, and the handler
+  that answers it, one of the pool's threads, records the beat.
+
+When every handler thread is blocked, the count stands still and the beat RPC
+waits behind them; when the process is stopped (SIGSTOP), nothing runs. No beat
+is recorded then, and the supervisor kills the worker once its beat is
+`--watchdog-timeout` seconds old (`WorkerSpec.heartbeat`). A worker that is only
+overloaded keeps beating: under 10 000 clients without think time
+(`bench.run --gen 4x2500 --workers 1`) a call waited over 30 s in the queue, and
+beats that had to wait there too had the watchdog kill a worker that was serving
+130 trials/s, twice in a minute, failing 17 732 trials in flight on its
+connections.
+
+The beat RPC must reach this very process: a connection to the shared TCP port
+may land on another worker (SO_REUSEPORT), so the server also listens on a Unix
+socket of this process alone, and the beats go there.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import grpc
 
@@ -41,12 +54,42 @@ def beat_handler(beat: Callable[[], None]) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {"Beat": method})
 
 
-class Pinger:
-    """Sends a beat to `target` (this worker's own socket) every `interval` seconds."""
+class CountingExecutor(ThreadPoolExecutor):
+    """The request handlers' pool, counting the tasks its threads have begun.
 
-    def __init__(self, target: str, interval: float) -> None:
+    Counted when a thread begins a task, not when the task is queued: calls keep
+    arriving at a pool whose every thread is stuck. The count is not locked, so
+    two threads beginning at once may count one: only whether it moved is read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.begun = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(self._begin, fn, *args, **kwargs)
+
+    def _begin(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.begun += 1
+        return fn(*args, **kwargs)
+
+
+class Pinger:
+    """Every `interval` seconds: `beat()` if the handlers began calls since the last
+    look (`calls_begun()` moved), else a beat RPC to `target`, this worker's own
+    socket, whose handler beats."""
+
+    def __init__(
+        self,
+        target: str,
+        interval: float,
+        beat: Callable[[], None],
+        calls_begun: Callable[[], int],
+    ) -> None:
         self._target = target
         self._interval = interval
+        self._beat = beat
+        self._calls_begun = calls_begun
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog-pinger", daemon=True)
 
@@ -60,10 +103,19 @@ class Pinger:
     def _run(self) -> None:
         with grpc.insecure_channel(self._target) as channel:
             send = channel.unary_unary(BEAT)
+            seen = self._calls_begun()
             while not self._stop.wait(self._interval):
+                begun = self._calls_begun()
+                if begun != seen:
+                    seen = begun
+                    self._beat()
+                    continue
                 try:
                     # A stuck pool leaves the beat waiting: that is the point. Waiting
                     # a few intervals at most lets the next beat try again.
                     send(b"", timeout=self._interval * 4)
                 except grpc.RpcError as exc:
                     _logger.debug("watchdog beat not answered: %s", exc)
+                # The beat's own call counts as begun: seen from here, the next look
+                # asks for calls begun after it.
+                seen = self._calls_begun()

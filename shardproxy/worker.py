@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -55,7 +54,7 @@ from shardproxy.study_caches import StudyCaches
 from shardproxy.tls import server_credentials
 from shardproxy.trial_reads import TrialReads
 from shardproxy.urls import masked_url
-from shardproxy.watchdog import Pinger, beat_handler
+from shardproxy.watchdog import CountingExecutor, Pinger, beat_handler
 from shardproxy.wire import SERVICE
 
 _logger = logging.getLogger(__name__)
@@ -232,6 +231,10 @@ class Worker:
                 forwarder.close()
         self.store.close()
 
+    def calls_begun(self) -> int:
+        """Calls and other tasks the request handler threads have begun (see `watchdog`)."""
+        return self._executor.begun
+
     def add_watchdog(self, path: str, beat: Callable[[], None]) -> None:
         """Before `start`: answers watchdog beats, also on the Unix socket `path`."""
         self._server.add_generic_rpc_handlers((beat_handler(beat),))
@@ -269,7 +272,7 @@ class Worker:
 
     def _make_grpc_server(self) -> grpc.Server:
         handlers = method_handlers(self.front, self.metrics, self.room)
-        self._executor = ThreadPoolExecutor(
+        self._executor = CountingExecutor(
             max_workers=self.config.threads, thread_name_prefix="rpc"
         )
         extension = extension_handlers(self.front, self.metrics)
@@ -362,7 +365,8 @@ def serve(config: Config, spec: WorkerSpec) -> None:
     pinger = None
     if spec.heartbeat_interval is not None:  # the watchdog: beats through the handlers
         worker.add_watchdog(spec.process_socket_path, spec.heartbeat)
-        pinger = Pinger("unix:" + spec.process_socket_path, spec.heartbeat_interval)
+        pinger = Pinger("unix:" + spec.process_socket_path, spec.heartbeat_interval,
+                        spec.heartbeat, worker.calls_begun)
     if config.fault_hooks:
         signal.signal(signal.SIGUSR2, lambda signum, frame: worker.block_handlers())
     worker.start()

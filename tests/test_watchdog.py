@@ -1,0 +1,133 @@
+"""The worker's side of the watchdog: what counts as proof that its handlers serve.
+
+A real gRPC server with a pool of one handler thread (`CountingExecutor`), the
+watchdog's beat service and a method that takes a while, on a Unix socket, and the
+worker's `Pinger` sending to it. The supervisor's side (killing a worker whose beat
+went stale) is `test_supervisor` and `test_watchdog_and_reload`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shardproxy.watchdog import CountingExecutor, Pinger, beat_handler
+
+INTERVAL = 0.2  # seconds between beats; a beat RPC waits at most 4 of them
+WORK = 0.2  # seconds each call of the test's own method takes on the one handler thread
+
+
+class Beats:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self) -> None:
+        self.times.append(time.monotonic())
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [t for t in self.times if start <= t <= end]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, CountingExecutor, Beats]]:
+    """(target, the handlers' pool of one thread, the beats recorded)."""
+    beats = Beats()
+    pool = CountingExecutor(max_workers=1)
+
+    def work(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(WORK)
+        return b""
+
+    server = grpc.server(pool, handlers=[
+        beat_handler(beats),
+        grpc.method_handlers_generic_handler(
+            "test.Slow", {"Work": grpc.unary_unary_rpc_method_handler(work)}),
+    ])
+    target = f"unix:{tmp_path / 'worker.sock'}"
+    server.add_insecure_port(target)
+    server.start()
+    try:
+        yield target, pool, beats
+    finally:
+        server.stop(0)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_the_pool_counts_a_task_when_a_thread_begins_it_not_when_it_is_queued() -> None:
+    pool = CountingExecutor(max_workers=1)
+    release = threading.Event()
+    try:
+        pool.submit(release.wait)
+        queued = [pool.submit(lambda: None) for _ in range(5)]
+        time.sleep(0.1)
+        assert pool.begun == 1  # the one thread is busy: five wait in the queue
+        release.set()
+        for future in queued:
+            future.result(timeout=5)
+        assert pool.begun == 6
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_behind_them(
+    server: tuple[str, CountingExecutor, Beats],
+) -> None:
+    target, pool, beats = server
+    pinger = Pinger(target, INTERVAL, beats, lambda: pool.begun)
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary("/test.Slow/Work")
+            while not stop.is_set():
+                call(b"", timeout=60)
+
+    # 15 callers on one thread taking 0.2 s a call: each call, and a beat RPC, waits
+    # about 3 s in the queue, far past the 0.8 s a beat RPC is given.
+    callers = ThreadPoolExecutor(max_workers=15)
+    futures = [callers.submit(keep_calling) for _ in range(15)]
+    try:
+        time.sleep(1.0)  # the queue fills
+        pinger.start()
+        start = time.monotonic()
+        time.sleep(3.0)
+        end = time.monotonic()
+    finally:
+        pinger.close()
+        stop.set()
+        for future in futures:
+            future.result(timeout=30)
+        callers.shutdown()
+    recorded = beats.between(start, end)
+    gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
+    assert len(recorded) >= 5, recorded
+    assert max(gaps) < 4 * INTERVAL, gaps
+
+
+def test_a_pool_whose_every_thread_is_stuck_beats_no_more(
+    server: tuple[str, CountingExecutor, Beats],
+) -> None:
+    target, pool, beats = server
+    pinger = Pinger(target, INTERVAL, beats, lambda: pool.begun)
+    pinger.start()
+    stuck = threading.Event()
+    try:
+        time.sleep(1.0)
+        idle_beats = len(beats.times)
+        pool.submit(stuck.wait)  # the only handler thread, stuck until released
+        time.sleep(0.1)
+        start = time.monotonic()
+        time.sleep(2.0)
+        assert beats.between(start, time.monotonic()) == []
+    finally:
+        stuck.set()
+        pinger.close()
+    # While idle, the beats came through the beat RPC: nothing else begun a call.
+    assert idle_beats >= 3
