@@ -7,7 +7,8 @@ told otherwise.
 - `/healthz`: 200 while the supervisor runs (its loop may be stuck; that is for
   the process manager to see).
 - `/readyz`: 200 when every shard has a worker that reported ready, is not
-  draining, reaches its database and answered a watchdog beat lately; else 503
+  draining, reaches its database and beat lately (its handlers began calls or
+  answered a watchdog beat); else 503
   with one line per reason.
 - `/metrics`: the Prometheus text format, aggregated over all worker processes.
 
@@ -135,13 +136,13 @@ class _SupervisorCollector(Collector):
         ready = GaugeMetricFamily(
             "shardproxy_shard_ready",
             "1 when the shard's worker is ready, serving, reaches its database and "
-            "answers watchdog beats",
+            "beats (its request handlers begin calls or answer watchdog beats)",
             labels=["shard"],
         )
         silence = GaugeMetricFamily(
             "shardproxy_watchdog_silence_seconds",
-            "Seconds since the shard's worker last answered a watchdog beat through its "
-            "request handlers",
+            "Seconds since the shard's worker last beat: its request handlers began calls, "
+            "or answered a watchdog beat",
             labels=["shard"],
         )
         for shard, (is_ready, silent) in sorted(self._supervisor.shard_states().items()):

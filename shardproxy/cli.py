@@ -87,8 +87,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("admin-port", int, "port of the supervisor's HTTP admin endpoint: /healthz, /readyz, "
      "/metrics (Prometheus) (0: none, and no metrics are collected)"),
     ("admin-host", str, "address the admin endpoint binds"),
-    ("watchdog-timeout", float, "seconds a worker's request handlers may answer no watchdog "
-     "beat before the worker is killed and replaced (0: no watchdog)"),
+    ("watchdog-timeout", float, "seconds a worker's request handlers may begin no call and "
+     "answer no watchdog beat before the worker is killed and replaced (0: no watchdog)"),
     ("standbys", int, "idle processes kept booted to replace a crashed worker at once "
      "(0: none; each costs the memory of an idle worker)"),
     ("tls-cert", str, "PEM certificate chain: serve TLS on --port (with --tls-key; '' for "

@@ -95,8 +95,8 @@ class Config:
     # none (and then no metrics are collected), and the address it binds.
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
-    # A worker whose request handlers answered no watchdog beat for this many
-    # seconds is killed and replaced (0: no watchdog).
+    # A worker whose request handlers began no call and answered no watchdog beat
+    # for this many seconds is killed and replaced (0: no watchdog).
     watchdog_timeout: float = 30.0
     # TLS on the proxy's port (both files, PEM), and mutual TLS when a client CA is
     # given; insecure_port (0: none) serves plaintext too, beside TLS (see `tls`).

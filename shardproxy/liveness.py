@@ -58,7 +58,7 @@ class Liveness:
         """Why the process in `slot` should not get clients; None when it should.
 
         Ready: it reported ready, has not begun to drain, reaches its database and
-        (with the watchdog on) answered a beat lately.
+        (with the watchdog on) beat lately: its handlers began calls or answered a beat.
         """
         status = self.status
         if not status.is_ready(slot):
@@ -69,7 +69,8 @@ class Liveness:
             return "its database does not answer"
         silent = now - status.last_beat(slot)
         if self.timeout is not None and silent > self.timeout / 2:
-            return f"its request handlers answered no watchdog beat for {silent:.1f} s"
+            return (f"its request handlers began no call and answered no watchdog beat "
+                    f"for {silent:.1f} s")
         return None
 
     def problems(self, shards: dict[int, list[int]]) -> list[str]:
@@ -128,8 +129,8 @@ class Liveness:
         for slot, silent in self.stale(candidates).items():
             shard, child = candidates[slot]
             _logger.error(
-                "worker %d (pid %d): its request handlers answered no watchdog beat "
-                "for %.1f s; killing it",
+                "worker %d (pid %d): its request handlers began no call and answered no "
+                "watchdog beat for %.1f s; killing it",
                 shard,
                 child.pid,
                 silent,
