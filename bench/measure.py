@@ -285,6 +285,13 @@ def _rpc_figures(outcome: LoadOutcome, trials: int,
         "latency_ms": _percentiles(recorder.latencies),
         "steady_latency_ms": _percentiles(recorder.steady_latencies),
     }
+    per_worker = recorder.trials_per_worker
+    if per_worker:
+        figures["trials_per_worker"] = {
+            "workers": len(per_worker), "least": min(per_worker),
+            "p1": percentile(per_worker, 1), "median": percentile(per_worker, 50),
+            "most": max(per_worker),
+        }
     if proxy_ms_per_trial is not None and rpcs:
         figures["proxy_cpu_us_per_rpc"] = proxy_ms_per_trial * 1000 * trials / rpcs
     return figures

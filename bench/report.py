@@ -180,6 +180,21 @@ def latency_table(cells: list[dict]) -> list[str]:
     return lines
 
 
+def fairness_table(cells: list[dict]) -> list[str]:
+    """Trials each virtual worker finished: a starved worker is far below the median."""
+    lines = ["| scenario | system | virtual workers | least | 1st percentile | median | most "
+             "| least ÷ median |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        counts = c.get("trials_per_worker") if c["status"] == "ok" else None
+        if not counts:
+            continue
+        lines.append(f"| {c['scenario']} | {_label(c)} | {counts['workers']} | {counts['least']} "
+                     f"| {counts['p1']} | {counts['median']} | {counts['most']} "
+                     f"| {_num(ratio(counts['least'], counts['median']), 2)} |")
+    return lines
+
+
 def get_trials_table(cells: list[dict]) -> list[str]:
     rows = [c for c in cells if c["status"] == "ok" and c.get("getTrials")]
     stock: dict[str, dict] = next(
@@ -224,6 +239,10 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *latency_table(cells),
     ]
+    if any(c.get("trials_per_worker") for c in cells):
+        out += ["", "## Trials per virtual worker (load generator)", "",
+                "Each virtual worker's finished trials, over the window and its wind-down.",
+                "", *fairness_table(cells)]
     if any(c.get("getTrials") for c in cells):
         out += ["", "## GetTrials against study size", "", *get_trials_table(cells)]
     missing = [c for c in cells if c["status"] != "ok"]

@@ -139,6 +139,7 @@ def run_generator(server: CountingServer, workload: Workload, trials: int,
     recorder = asyncio.run(run_virtual_workers(config))
     assert recorder.trials == trials
     assert recorder.errors == 0
+    assert list(recorder.trials_per_worker) == [trials // workers] * workers
     assert dict(recorder.calls) == dict(server.calls)  # the generator counts what it sends
 
 
@@ -301,6 +302,7 @@ def test_trials_in_flight_when_the_generator_is_cut_are_counted_as_cut() -> None
     assert recorder.trials == 0 and not recorder.calls  # no call ever returned
     assert recorder.errors == 3
     assert recorder.error_kinds == Counter({"CUT_AT_WIND_DOWN_LIMIT": 3})
+    assert list(recorder.trials_per_worker) == [0, 0, 0]  # counted though cut
 
 
 def test_a_trial_ended_by_an_error_is_counted_by_status_method_and_details() -> None:
@@ -316,3 +318,14 @@ def test_a_trial_ended_by_an_error_is_counted_by_status_method_and_details() -> 
     assert recorder.trials == 0
     assert recorder.error_kinds == Counter(
         {"UNAVAILABLE in GetTrials: shard 1 unavailable: connection refused": 40})
+    assert list(recorder.trials_per_worker) == [0, 0]  # each gave up with none finished
+
+
+def test_trials_per_virtual_worker_survive_the_trip_from_the_generator_processes() -> None:
+    first, second = Recorder(), Recorder()
+    first.trials_per_worker.extend([3, 5])
+    second.trials_per_worker.extend([4])
+    merged = Recorder()
+    for recorder in (first, second):
+        merged.merge(Recorder.from_dict(recorder.to_dict()))
+    assert sorted(merged.trials_per_worker) == [3, 4, 5]

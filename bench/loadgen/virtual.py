@@ -63,6 +63,9 @@ class Recorder:
     # The same, of the calls made after their worker's first trial: without the
     # start, when every virtual worker sends its first call at once.
     steady_latencies: dict[str, array] = field(default_factory=dict)
+    # Trials each virtual worker finished, one entry per worker once it stopped: a
+    # worker the proxy starves finishes fewer than the others.
+    trials_per_worker: array = field(default_factory=lambda: array("l"))
 
     def record(self, method: str, request_size: int, seconds: float, steady: bool) -> None:
         self.calls[method] += 1
@@ -79,6 +82,7 @@ class Recorder:
         self.error_kinds.update(other.error_kinds)
         self.calls.update(other.calls)
         self.request_bytes.update(other.request_bytes)
+        self.trials_per_worker.extend(other.trials_per_worker)
         for mine, theirs in ((self.latencies, other.latencies),
                              (self.steady_latencies, other.steady_latencies)):
             for method, samples in theirs.items():
@@ -93,6 +97,7 @@ class Recorder:
             "request_bytes": dict(self.request_bytes),
             "latencies": {m: s.tobytes() for m, s in self.latencies.items()},
             "steady_latencies": {m: s.tobytes() for m, s in self.steady_latencies.items()},
+            "trials_per_worker": self.trials_per_worker.tobytes(),
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class Recorder:
                 samples = array("d")
                 samples.frombytes(raw)
                 latencies[method] = samples
+        recorder.trials_per_worker.frombytes(data.get("trials_per_worker", b""))
         return recorder
 
 
@@ -215,22 +221,25 @@ async def run_worker(
 ) -> None:
     """Trials until `keep_going()` is false (checked between trials) or `max_trials`."""
     done = errors = 0
-    while keep_going() and (max_trials is None or done < max_trials):
-        try:
-            await worker.run_trial()
-        except (grpc.RpcError, ValueError, IndexError) as exc:
-            # The RPC failed or its reply did not parse: the trial is abandoned, as a
-            # crashed worker's would be, and the worker goes on with a new one.
-            worker.recorder.errors += 1
-            worker.recorder.error_kinds[error_kind(exc, worker.calling)] += 1
-            errors += 1
-            if errors >= max_errors:
-                return
-            await asyncio.sleep(0.05)
-            continue
-        except asyncio.CancelledError:
-            # The generator's wind-down limit passed with this trial in flight.
-            worker.recorder.errors += 1
-            worker.recorder.error_kinds["CUT_AT_WIND_DOWN_LIMIT"] += 1
-            raise
-        done += 1
+    try:
+        while keep_going() and (max_trials is None or done < max_trials):
+            try:
+                await worker.run_trial()
+            except (grpc.RpcError, ValueError, IndexError) as exc:
+                # The RPC failed or its reply did not parse: the trial is abandoned, as
+                # a crashed worker's would be, and the worker goes on with a new one.
+                worker.recorder.errors += 1
+                worker.recorder.error_kinds[error_kind(exc, worker.calling)] += 1
+                errors += 1
+                if errors >= max_errors:
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            except asyncio.CancelledError:
+                # The generator's wind-down limit passed with this trial in flight.
+                worker.recorder.errors += 1
+                worker.recorder.error_kinds["CUT_AT_WIND_DOWN_LIMIT"] += 1
+                raise
+            done += 1
+    finally:
+        worker.recorder.trials_per_worker.append(done)
