@@ -18,9 +18,9 @@ is recorded then, and the supervisor kills the worker once its beat is
 `--watchdog-timeout` seconds old (`WorkerSpec.heartbeat`). A worker that is only
 overloaded keeps beating: under 10 000 clients without think time
 (`bench.run --gen 4x2500 --workers 1`) a call waited over 30 s in the queue, and
-beats that had to wait there too had the watchdog kill a worker that was serving
-130 trials/s, twice in a minute, failing 17 732 trials in flight on its
-connections.
+beats that had to wait there too had the watchdog kill the worker, serving all the
+while, twice in a minute; 17 732 trials failed with the calls in flight on its
+connections (`bench/results/watchdog-overload.md`).
 
 The beat RPC must reach this very process: a connection to the shared TCP port
 may land on another worker (SO_REUSEPORT), so the server also listens on a Unix
