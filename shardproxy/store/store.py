@@ -141,12 +141,15 @@ class Store:
         def create(conn: Connection) -> int:
             if attempted:  # a COMMIT whose reply was lost may have gone through
                 existing = reads.study_id_from_name(conn, study_name)
-                if existing == attempted[-1]:
+                if existing in attempted:
                     return existing
             result = conn.execute(insert(studies).values(study_name=study_name))
             assert result.inserted_primary_key is not None
             study_id = int(result.inserted_primary_key[0])
-            attempted.append(study_id)
+            # SQLite always says whether a COMMIT happened, and may hand a rolled-back
+            # id out again (to another caller's study): its ids prove nothing.
+            if conn.dialect.name != "sqlite":
+                attempted.append(study_id)
             sql.insert_rows(conn, study_directions, [
                 {"study_id": study_id, "objective": i, "direction": name}
                 for i, name in enumerate(names)
@@ -156,6 +159,16 @@ class Store:
         try:
             return self._transaction(create, "create study")
         except sqlalchemy.exc.IntegrityError as exc:
+            # The name may be taken by an earlier attempt of this call: its COMMIT,
+            # whose reply was lost, reached the server only after this attempt
+            # looked for it, and this attempt's INSERT waited on the name's unique
+            # key until that transaction committed. MySQL, MariaDB and PostgreSQL do
+            # not hand a rolled-back id out again (MySQL before 8.0 could, after a
+            # restart): a study with an id this call was given is its study.
+            if attempted:
+                existing = self._read(lambda conn: reads.study_id_from_name(conn, study_name))
+                if existing in attempted:
+                    return existing
             raise DuplicatedStudyError from exc
 
     def delete_study(self, study_id: int) -> None:

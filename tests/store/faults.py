@@ -45,6 +45,11 @@ class ReplyDropper:
     then closes both sides instead of relaying it: the client sees its connection
     die, not knowing the outcome. For `refuse_for` seconds after that, it closes
     every new connection at once, as a database that has gone away.
+
+    Armed with `late`, it closes the client's side as soon as the marked packet
+    arrives and hands the packet to the server only `late` seconds later: the
+    statement reaches the server after the client gave up on it, as a packet held
+    up in the network would, and meanwhile its transaction holds its locks.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -52,6 +57,7 @@ class ReplyDropper:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._marker = b"COMMIT"
+        self._late = 0.0
         self._refuse_for = 0.0
         self._refusing_until = 0.0
         self.refused = 0
@@ -61,9 +67,10 @@ class ReplyDropper:
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
-    def arm(self, marker: bytes = b"COMMIT", refuse_for: float = 0.0) -> None:
+    def arm(self, marker: bytes = b"COMMIT", refuse_for: float = 0.0, late: float = 0.0) -> None:
         self._marker = marker
         self._refuse_for = refuse_for
+        self._late = late
         self._armed.set()
 
     def close(self) -> None:
@@ -95,6 +102,9 @@ class ReplyDropper:
                     target = server if source is client else client
                     if source is client and self._marker in data and self._armed.is_set():
                         self._armed.clear()
+                        if self._late:
+                            client.close()  # the client gives up; the server waits
+                            time.sleep(self._late)
                         server.sendall(data)
                         server.recv(65536)  # the server's answer: applied
                         self._refusing_until = time.monotonic() + self._refuse_for

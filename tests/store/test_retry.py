@@ -147,6 +147,26 @@ def test_a_study_whose_commit_reply_was_lost_is_not_failed_at_the_deadline(
         assert named == [study_id]
 
 
+@pytest.mark.parametrize("backend", list(SERVER_URLS))
+def test_a_study_whose_commit_reached_the_server_after_the_retry_began_is_the_one_answered(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The connection dies as the COMMIT of a new study leaves, and the COMMIT
+    reaches the server a second later. The retry finds no study of that name yet,
+    inserts it again and waits on the name's unique key until the first
+    transaction commits: the name is then taken, by the study this very call
+    created, which is the answer (not DuplicatedStudyError)."""
+    url = request.getfixturevalue(SERVER_URLS[backend])
+    with _store_behind_a_dropper(url, retry_deadline=30) as (dropper, store):
+        dropper.arm(late=1.0)
+        study_id = store.create_new_study([0], "late-study-commit")
+        assert dropper.dropped == 1
+        named = [s.study_id for s in store.get_all_studies()
+                 if s.study_name == "late-study-commit"]
+        assert named == [study_id]
+        assert store.get_study_directions(study_id) == [0]
+
+
 def test_lock_wait_timeout_is_retried(
     mariadb_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
