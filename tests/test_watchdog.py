@@ -20,7 +20,8 @@ import pytest
 from shardproxy.watchdog import CountingExecutor, Pinger, beat_handler
 
 INTERVAL = 0.2  # seconds between beats; a beat RPC waits at most 4 of them
-WORK = 0.2  # seconds each call of the test's own method takes on the one handler thread
+WORK = 0.05  # seconds each call of the test's own method takes on the one handler thread
+CALLERS = 60  # each keeps one call in flight: the queue holds 3 s of work
 
 
 class Beats:
@@ -89,10 +90,11 @@ def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_be
             while not stop.is_set():
                 call(b"", timeout=60)
 
-    # 15 callers on one thread taking 0.2 s a call: each call, and a beat RPC, waits
-    # about 3 s in the queue, far past the 0.8 s a beat RPC is given.
-    callers = ThreadPoolExecutor(max_workers=15)
-    futures = [callers.submit(keep_calling) for _ in range(15)]
+    # 60 callers on one thread taking 0.05 s a call: each call, and a beat RPC,
+    # waits about 3 s in the queue, far past the 0.8 s a beat RPC is given, while
+    # calls begin four times an interval.
+    callers = ThreadPoolExecutor(max_workers=CALLERS)
+    futures = [callers.submit(keep_calling) for _ in range(CALLERS)]
     try:
         time.sleep(1.0)  # the queue fills
         pinger.start()
@@ -108,7 +110,11 @@ def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_be
     recorded = beats.between(start, end)
     gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
     assert len(recorded) >= 5, recorded
-    assert max(gaps) < 4 * INTERVAL, gaps
+    # Calls begin four times an interval, so each look should find some. One that
+    # finds none waits on the beat RPC for up to 4 intervals: beats are then 6
+    # intervals apart (room for 8 here). Beats only through the queue, as before,
+    # left none in the 3 s.
+    assert max(gaps) < 8 * INTERVAL, gaps
 
 
 def test_a_pool_whose_every_thread_is_stuck_beats_no_more(
