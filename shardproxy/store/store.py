@@ -138,10 +138,15 @@ class Store:
         names = [DIRECTION_NAMES[d] for d in directions]
         attempted: list[int] = []
 
+        def ours(conn: Connection) -> int | None:
+            """The study of that name, if its id is one an attempt of this call was given."""
+            existing = reads.study_id_from_name(conn, study_name)
+            return existing if existing in attempted else None
+
         def create(conn: Connection) -> int:
             if attempted:  # a COMMIT whose reply was lost may have gone through
-                existing = reads.study_id_from_name(conn, study_name)
-                if existing in attempted:
+                existing = ours(conn)
+                if existing is not None:
                     return existing
             result = conn.execute(insert(studies).values(study_name=study_name))
             assert result.inserted_primary_key is not None
@@ -165,10 +170,9 @@ class Store:
             # key until that transaction committed. MySQL, MariaDB and PostgreSQL do
             # not hand a rolled-back id out again (MySQL before 8.0 could, after a
             # restart): a study with an id this call was given is its study.
-            if attempted:
-                existing = self._read(lambda conn: reads.study_id_from_name(conn, study_name))
-                if existing in attempted:
-                    return existing
+            existing = self._read(ours) if attempted else None
+            if existing is not None:
+                return existing
             raise DuplicatedStudyError from exc
 
     def delete_study(self, study_id: int) -> None:
