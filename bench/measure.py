@@ -8,7 +8,9 @@ The figures are per completed trial: trials counted in the database (the echo
 floor has none, so there the load's own count), CPU of the proxy tree, of the load
 processes and of the database server, and the database's counters of statements and
 of rows read (`db_per_trial`: every counter `counters` reads, each ÷ trials; rows
-read also as `db_rows_read_per_trial`, with the counter it comes from).
+read also as `db_rows_read_per_trial`, with the counter it comes from). Through
+shardproxy's load a probe checks its health every half second (`health_checks`):
+how long the answers took.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import counters, databases, latency
+from bench.health_checks import HealthChecks
 from bench.loadgen.process import GeneratorConfig
 from bench.loadgen.real import GRPC_PREFIX, RealClientsConfig
 from bench.loads import LoadFailed, LoadOutcome, run_load
@@ -163,7 +166,10 @@ def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup
                 if studies.latency_studies:
                     cell["getTrials"] = _latencies(system, proxy, db, studies, scenario, say)
                 if kind is not None:
-                    outcome = _run(scenario, system, kind, setup, proxy, db, studies, say)
+                    with _health_checks(system, proxy) as checks:
+                        outcome = _run(scenario, system, kind, setup, proxy, db, studies, say)
+                    if checks is not None:
+                        cell["health_checks"] = checks.figures()
             if proxy is not None:
                 # 0: exited cleanly on SIGTERM; -15: SIGTERM's default action (the stock
                 # proxy has no handler); -9: it had to be killed.
@@ -182,6 +188,16 @@ def measure_cell(scenario: Scenario, system: str, kind: str | None, setup: Setup
         return cell
     cell["status"] = "ok"
     return cell
+
+
+@contextlib.contextmanager
+def _health_checks(system: str, proxy: RunningProxy | None) -> Iterator[HealthChecks | None]:
+    """Health checks sent to shardproxy through the load (the references serve none)."""
+    if system != "shardproxy" or proxy is None:
+        yield None
+        return
+    with HealthChecks(proxy.target) as checks:
+        yield checks
 
 
 def _run(scenario: Scenario, system: str, kind: str, setup: Setup, proxy: RunningProxy | None,

@@ -195,6 +195,21 @@ def fairness_table(cells: list[dict]) -> list[str]:
     return lines
 
 
+def health_checks_table(cells: list[dict]) -> list[str]:
+    """How long a probe's health check waited for its answer through the load."""
+    lines = ["| scenario | system | load | SERVING | p50 s | p99 s | max s | anything else |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        checks = c.get("health_checks") if c["status"] == "ok" else None
+        if not checks:
+            continue
+        other = ", ".join(f"{n} {name}" for name, n in sorted(checks["other"].items()))
+        lines.append(f"| {c['scenario']} | {_label(c)} | {c['load']} | {checks['serving']} "
+                     f"| {_num(checks['p50_s'], 3)} | {_num(checks['p99_s'], 3)} "
+                     f"| {_num(checks['max_s'], 3)} | {other or 'none'} |")
+    return lines
+
+
 def get_trials_table(cells: list[dict]) -> list[str]:
     rows = [c for c in cells if c["status"] == "ok" and c.get("getTrials")]
     stock: dict[str, dict] = next(
@@ -243,6 +258,10 @@ def markdown(data: dict[str, Any]) -> str:
         out += ["", "## Trials per virtual worker (load generator)", "",
                 "Each virtual worker's finished trials, over the window and its wind-down.",
                 "", *fairness_table(cells)]
+    if any(c.get("health_checks") for c in cells):
+        out += ["", "## Health checks through the load", "",
+                "A gRPC health check every half second on a new connection, as a probe "
+                "sends it.", "", *health_checks_table(cells)]
     if any(c.get("getTrials") for c in cells):
         out += ["", "## GetTrials against study size", "", *get_trials_table(cells)]
     missing = [c for c in cells if c["status"] != "ok"]
