@@ -1,15 +1,25 @@
 """A worker's health, as gRPC's standard health service reports it, and the check that asks.
 
 Every worker serves `grpc.health.v1.Health` beside Optuna's service, on the same
-port and handler threads, so a Check is answered only by a worker that can answer
-a client (what `grpc_health_probe`, Kubernetes' gRPC probes and Envoy call). Both
-the overall service `""` and `optuna.StorageService` are:
+port (what `grpc_health_probe`, Kubernetes' gRPC probes and Envoy call). Both the
+overall service `""` and `optuna.StorageService` are:
 
-- SERVING while the worker serves and its database answers;
+- SERVING while the worker serves, its database answers and its request handler
+  threads begin calls;
 - NOT_SERVING once the worker drains (set before it closes its port, so that load
   balancers stop sending first), for good;
 - NOT_SERVING while its database has not answered for `down_after` seconds, and
-  SERVING again, on its own, once it does.
+  SERVING again, on its own, once it does;
+- NOT_SERVING while its handler threads have begun no call for `STUCK_AFTER`
+  seconds although one waited (every thread blocked), SERVING again once they do.
+
+A Check is answered by a thread of its own, ahead of the clients' calls: under
+overload those wait in the handlers' queue for seconds (p99 up to 7 s with 2 000
+clients without think time on one two-core proxy, `bench/results/overload-queue.md`),
+and a probe that waited there would fail a worker that serves, which Kubernetes'
+default one-second probe timeout would turn into restarts or a worker taken out of
+its Service at peak. Whether the handlers take work is judged instead, from the
+calls they begin (`watchdog.Stall`).
 
 The database is watched by a probe, a `SELECT 1` through the store's read pool
 every `interval` seconds from a thread of its own, rather than judged from the
@@ -17,7 +27,8 @@ outcomes of client requests: the probe costs the request path nothing (no hook,
 no lock), sees an outage and the recovery when no client is sending, and a pause
 in traffic is not mistaken for health. Its price is one trivial statement per
 worker per interval. A second thread judges the age of the last answer, so that
-a probe stuck in a connect that never returns still turns the worker NOT_SERVING.
+a probe stuck in a connect that never returns still turns the worker NOT_SERVING,
+and looks at the handlers.
 
 `check_health` is the client side: `shardproxy check` and the tests call it.
 """
@@ -28,11 +39,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shardproxy.ports import bare_host, grpc_address
+from shardproxy.watchdog import CountingExecutor, Stall
 from shardproxy.wire import SERVICE
 
 _logger = logging.getLogger(__name__)
@@ -42,27 +57,54 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICES = (health.OVERALL_HEALTH, SERVICE)
 
 
+# Seconds a worker's handler threads may begin no call, with one waiting, before
+# its health says NOT_SERVING. All of them (64 by default) blocked that long is a
+# stuck pool or a database that does not answer; a busy pool begins calls all the
+# time. Well inside the watchdog's default timeout (30 s), which kills such a worker.
+STUCK_AFTER = 5.0
+
+
 class Health:
     """The health service of one worker and the probe that keeps it true."""
 
-    def __init__(self, ping: Callable[[], None], *, interval: float, down_after: float) -> None:
-        """`ping()` returns once the database answered and raises when it did not."""
+    def __init__(
+        self,
+        ping: Callable[[], None],
+        handlers: CountingExecutor,
+        *,
+        interval: float,
+        down_after: float,
+    ) -> None:
+        """`ping()` returns once the database answered and raises when it did not;
+        `handlers` is the pool of the worker's request handler threads."""
         self.servicer = health.HealthServicer()
         self._ping = ping
+        self._stall = Stall(handlers)
         self._interval = interval
         self._down_after = down_after
         self._last_answer = time.monotonic()  # the store was opened just now
         self._last_error = ""
         self._database_up = True
+        self._handlers_begin = True
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._probe, name="health-probe", daemon=True),
             threading.Thread(target=self._judge, name="health-judge", daemon=True),
         ]
+        self._check_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-check")
         self._set(SERVING)
 
     def register(self, server: grpc.Server) -> None:
-        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        servicer = self.servicer
+
+        def check(request: Any, context: grpc.ServicerContext) -> Any:
+            return servicer.Check(request, context)
+
+        # grpcio runs a method on the pool named by its behaviour's
+        # `experimental_thread_pool` (its own health service does so for Watch).
+        setattr(check, "experimental_thread_pool", self._check_thread)  # noqa: B010
+        methods = SimpleNamespace(Check=check, List=servicer.List, Watch=servicer.Watch)
+        health_pb2_grpc.add_HealthServicer_to_server(methods, server)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -83,10 +125,14 @@ class Health:
             if thread.is_alive():
                 # A probe stuck in a connect is left behind: it is a daemon thread.
                 thread.join(timeout=1.0)
+        self._check_thread.shutdown(wait=False)
 
     def _set(self, status: int) -> None:
         for service in SERVICES:
             self.servicer.set(service, status)
+
+    def _serving(self) -> bool:
+        return self._database_up and self._handlers_begin
 
     def _probe(self) -> None:
         while not self._stop.wait(self._interval):
@@ -100,24 +146,47 @@ class Health:
     def _judge(self) -> None:
         period = min(self._interval, self._down_after) / 2 or self._interval
         while not self._stop.wait(period):
-            silent = time.monotonic() - self._last_answer
-            up = silent <= self._down_after
-            if up == self._database_up:
+            serving = self._serving()
+            self._judge_database()
+            self._judge_handlers()
+            if self._serving() == serving:
                 continue
-            self._database_up = up
             if self._stop.is_set():
                 return  # draining: NOT_SERVING stays
-            if up:
-                _logger.info("the database answers again: health SERVING")
-                self._set(SERVING)
-            else:
-                _logger.warning(
-                    "the database has not answered for %.1f s: health NOT_SERVING (%s)",
-                    silent,
-                    self._last_error.splitlines()[0] if self._last_error else "no answer yet",
-                    extra={"cause": "database-down"},
-                )
-                self._set(NOT_SERVING)
+            self._set(SERVING if self._serving() else NOT_SERVING)
+
+    def _judge_database(self) -> None:
+        silent = time.monotonic() - self._last_answer
+        up = silent <= self._down_after
+        if up == self._database_up:
+            return
+        self._database_up = up
+        if up:
+            _logger.info("the database answers again%s", self._then())
+        else:
+            _logger.warning(
+                "the database has not answered for %.1f s: health NOT_SERVING (%s)",
+                silent,
+                self._last_error.splitlines()[0] if self._last_error else "no answer yet",
+                extra={"cause": "database-down"},
+            )
+
+    def _judge_handlers(self) -> None:
+        stalled = self._stall.look(time.monotonic())
+        begin = stalled <= STUCK_AFTER
+        if begin == self._handlers_begin:
+            return
+        self._handlers_begin = begin
+        if begin:
+            _logger.info("the request handler threads begin calls again%s", self._then())
+        else:
+            _logger.warning(
+                "the request handler threads have begun no call for %.1f s, one waiting: "
+                "health NOT_SERVING", stalled, extra={"cause": "handlers-stuck"},
+            )
+
+    def _then(self) -> str:
+        return ": health SERVING" if self._serving() else ""
 
 
 def check_health(

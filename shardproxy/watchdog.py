@@ -74,6 +74,43 @@ class CountingExecutor(ThreadPoolExecutor):
         return fn(*args, **kwargs)
 
 
+def _nothing() -> None:
+    pass
+
+
+class Stall:
+    """How long a pool of handler threads has begun no task although one waited.
+
+    Found by looking now and then (`look`): when the pool began tasks since the last
+    look it is not stalled, however long the queue before its threads. When it began
+    none, a task that does nothing is queued (one at a time): an idle pool begins it
+    at once, which the next look sees, and a pool whose every thread is blocked
+    leaves it waiting, the stall growing from the look that queued it.
+    """
+
+    def __init__(self, pool: CountingExecutor) -> None:
+        self._pool = pool
+        self._seen = pool.begun
+        self._quiet_since: float | None = None
+        self._waiting: Future[None] | None = None
+
+    def look(self, now: float) -> float:
+        """Seconds, at `now` (monotonic), since the pool last showed it begins tasks."""
+        begun = self._pool.begun
+        if begun != self._seen:
+            self._seen = begun
+            self._quiet_since = None
+            return 0.0
+        if self._quiet_since is None:
+            self._quiet_since = now
+        if self._waiting is None or self._waiting.done():
+            try:
+                self._waiting = self._pool.submit(_nothing)
+            except RuntimeError:  # shut down: nothing begins there any more
+                pass
+        return now - self._quiet_since
+
+
 class Pinger:
     """Every `interval` seconds: `beat()` if the handlers began calls since the last
     look (`calls_begun()` moved), else a beat RPC to `target`, this worker's own

@@ -160,10 +160,13 @@ class Worker:
             extension=ClientExtension(store, _die_after_commit if config.fault_hooks else None),
         )
         self._forward_server: ForwardServer | None = None
-        self.health = Health(
-            store.ping, interval=config.db_check_interval, down_after=config.db_down_after
-        )
         self._server = self._make_grpc_server()
+        self.health = Health(
+            store.ping,
+            self._executor,
+            interval=config.db_check_interval,
+            down_after=config.db_down_after,
+        )
         self.health.register(self._server)
         self.port = 0
 

@@ -2,13 +2,15 @@
 
 Real gRPC health clients (`grpc_health.v1` stubs and `shardproxy check`) against
 real workers: in this process for the service itself, a `shardproxy serve`
-process for draining on SIGTERM, and the local MariaDB server stopped and started
-again for a database outage.
+process for draining on SIGTERM and for a worker whose every request handler is
+blocked, and the local MariaDB server stopped and started again for a database
+outage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -21,23 +23,27 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shardproxy.health import STUCK_AFTER
 from shardproxy.wire import SERVICE
 from tests.faults.dbserver import server_down
 from tests.proxies import free_port, proxy_client, running_workers
+from tests.servers import children_by_name, serve, server_log
 
 BOUND = 60.0  # every wait here ends; none of them is a speed claim
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def health_status(port: int, service: str = "", host: str = "127.0.0.1") -> str:
+def health_status(
+    port: int, service: str = "", host: str = "127.0.0.1", timeout: float = 10
+) -> str:
     """The status name a fresh connection gets, or the gRPC code it failed with."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # A channel of its own each time: a new connection, so a closed port shows.
     with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=10
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError as exc:
             return exc.code().name  # type: ignore[attr-defined, no-any-return]
@@ -160,6 +166,39 @@ def test_sigterm_turns_health_not_serving_before_the_port_closes(sqlite_url: str
     assert "answered while draining" in seen, seen
     after = seen[seen.index("NOT_SERVING"):]
     assert "SERVING" not in after, seen
+
+
+def test_a_worker_whose_handlers_are_all_blocked_answers_checks_and_says_not_serving(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks are answered ahead of the clients' calls, by a thread of their own: here
+    the calls never begin (every handler thread blocked by the test-only fault hook,
+    SIGUSR2), and the checks are still answered, in time, and turn NOT_SERVING."""
+    monkeypatch.setenv("SHARDPROXY_TEST_FAULT_HOOKS", "1")
+    options = ("--threads", "2", "--watchdog-timeout", "0", "--drain-timeout", "2")
+    with serve(sqlite_url, workers=1, options=options) as (process, port):
+        assert health_status(port) == "SERVING"
+        (worker,) = children_by_name(process.pid).values()
+        os.kill(worker, signal.SIGUSR2)
+        blocked_at = time.monotonic()
+        seen: list[tuple[float, str]] = []
+        while time.monotonic() - blocked_at < STUCK_AFTER + 10:
+            started = time.monotonic()
+            status = health_status(port, timeout=2)
+            seen.append((round(started - blocked_at, 1), status))
+            if status == "NOT_SERVING":
+                break
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, \
+                pytest.raises(grpc.RpcError) as call:
+            channel.unary_unary(f"/{SERVICE}/GetAllStudies")(b"", timeout=1)
+        log = server_log(process)
+    assert call.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # a client's call waits
+    # Every check answered (none DEADLINE_EXCEEDED), SERVING until the stall counts.
+    assert {status for _, status in seen} <= {"SERVING", "NOT_SERVING"}, seen
+    assert seen[-1][1] == "NOT_SERVING", seen
+    assert seen[-1][0] >= STUCK_AFTER - 1, seen
+    assert "have begun no call" in log, log
 
 
 # -- the database goes away and comes back ----------------------------------------------

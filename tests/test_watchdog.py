@@ -2,8 +2,10 @@
 
 A real gRPC server with a pool of one handler thread (`CountingExecutor`), the
 watchdog's beat service and a method that takes a while, on a Unix socket, and the
-worker's `Pinger` sending to it. The supervisor's side (killing a worker whose beat
-went stale) is `test_supervisor` and `test_watchdog_and_reload`.
+worker's `Pinger` sending to it; `Stall`, which the health service asks whether
+the same pool takes work. The supervisor's side (killing a worker whose beat went
+stale) is `test_supervisor` and `test_watchdog_and_reload`; a worker's health with
+its handlers blocked is `test_health`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from shardproxy.watchdog import CountingExecutor, Pinger, beat_handler
+from shardproxy.watchdog import CountingExecutor, Pinger, Stall, beat_handler
 
 INTERVAL = 0.2  # seconds between beats; a beat RPC waits at most 4 of them
 WORK = 0.05  # seconds each call of the test's own method takes on the one handler thread
@@ -60,6 +62,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, CountingExecutor, Beats]]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def calling(target: str, stop: threading.Event) -> None:
+    """Calls the slow method, one call in flight, until `stop`."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/test.Slow/Work")
+        while not stop.is_set():
+            call(b"", timeout=60)
+
+
 def test_the_pool_counts_a_task_when_a_thread_begins_it_not_when_it_is_queued() -> None:
     pool = CountingExecutor(max_workers=1)
     release = threading.Event()
@@ -85,10 +95,7 @@ def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_be
     stop = threading.Event()
 
     def keep_calling() -> None:
-        with grpc.insecure_channel(target) as channel:
-            call = channel.unary_unary("/test.Slow/Work")
-            while not stop.is_set():
-                call(b"", timeout=60)
+        calling(target, stop)
 
     # 60 callers on one thread taking 0.05 s a call: each call, and a beat RPC,
     # waits about 3 s in the queue, far past the 0.8 s a beat RPC is given, while
@@ -137,3 +144,51 @@ def test_a_pool_whose_every_thread_is_stuck_beats_no_more(
         pinger.close()
     # While idle, the beats came through the beat RPC: nothing else begun a call.
     assert idle_beats >= 3
+
+
+def stalls_seen(stall: Stall, seconds: float) -> list[float]:
+    """What `stall` says when looked at every 0.05 s for `seconds`."""
+    seen = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        seen.append(stall.look(time.monotonic()))
+        time.sleep(0.05)
+    return seen
+
+
+def test_an_idle_pool_is_not_stalled_nor_one_whose_queue_is_seconds_deep(
+    server: tuple[str, CountingExecutor, Beats],
+) -> None:
+    target, pool, _ = server
+    stall = Stall(pool)
+    # Idle: each look that finds nothing begun queues a task the next look finds begun.
+    assert max(stalls_seen(stall, 1.0)) < 0.5
+    stop = threading.Event()
+    callers = ThreadPoolExecutor(max_workers=CALLERS)
+    futures = [callers.submit(calling, target, stop) for _ in range(CALLERS)]
+    try:
+        time.sleep(1.0)  # 3 s of calls queued before the one thread
+        busy = stalls_seen(stall, 2.0)
+    finally:
+        stop.set()
+        for future in futures:
+            future.result(timeout=30)
+        callers.shutdown()
+    assert max(busy) < 0.5, busy
+
+
+def test_a_pool_whose_every_thread_is_stuck_stalls_until_released() -> None:
+    pool = CountingExecutor(max_workers=1)
+    stuck = threading.Event()
+    try:
+        stall = Stall(pool)
+        pool.submit(stuck.wait)
+        time.sleep(0.1)
+        seen = stalls_seen(stall, 1.5)
+        assert seen[-1] > 1.2, seen
+        assert seen == sorted(seen), seen  # it only grows while nothing begins
+        stuck.set()
+        assert max(stalls_seen(stall, 0.5)[-3:]) < 0.5
+    finally:
+        stuck.set()
+        pool.shutdown()
