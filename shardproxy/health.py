@@ -14,12 +14,13 @@ overall service `""` and `optuna.StorageService` are:
   seconds although one waited (every thread blocked), SERVING again once they do.
 
 A Check is answered by a thread of its own, ahead of the clients' calls: under
-overload those wait in the handlers' queue for seconds (p99 up to 7 s with 2 000
-clients without think time on one two-core proxy, `bench/results/overload-queue.md`),
-and a probe that waited there would fail a worker that serves, which Kubernetes'
-default one-second probe timeout would turn into restarts or a worker taken out of
-its Service at peak. Whether the handlers take work is judged instead, from the
-calls they begin (`watchdog.Stall`).
+overload those wait in the handlers' queue for seconds, and a check that waited
+there took as long (p99 4.7–9.0 s with 2 000 clients without think time on one
+two-core proxy, against 0.21–0.28 s on its own thread:
+`bench/results/health-under-overload.md`). Kubernetes' default probe timeout of
+one second would have turned a peak into restarts, or into a proxy taken out of
+its Service. Whether the handlers take work is judged instead, from the calls
+they begin (`watchdog.Stall`).
 
 The database is watched by a probe, a `SELECT 1` through the store's read pool
 every `interval` seconds from a thread of its own, rather than judged from the
