@@ -114,7 +114,8 @@ class Stall:
 class Pinger:
     """Every `interval` seconds: `beat()` if the handlers began calls since the last
     look (`calls_begun()` moved), else a beat RPC to `target`, this worker's own
-    socket, whose handler beats."""
+    socket, whose handler beats. The looks go on while a beat RPC waits: calls
+    begun meanwhile beat at the next look, not when the RPC's wait ends."""
 
     def __init__(
         self,
@@ -141,18 +142,19 @@ class Pinger:
         with grpc.insecure_channel(self._target) as channel:
             send = channel.unary_unary(BEAT)
             seen = self._calls_begun()
+            waiting: grpc.Future | None = None
             while not self._stop.wait(self._interval):
                 begun = self._calls_begun()
-                if begun != seen:
+                if begun != seen:  # the beat RPC's own call too, once begun
                     seen = begun
                     self._beat()
-                    continue
-                try:
+                elif waiting is None or waiting.done():
                     # A stuck pool leaves the beat waiting: that is the point. Waiting
-                    # a few intervals at most lets the next beat try again.
-                    send(b"", timeout=self._interval * 4)
-                except grpc.RpcError as exc:
-                    _logger.debug("watchdog beat not answered: %s", exc)
-                # The beat's own call counts as begun: seen from here, the next look
-                # asks for calls begun after it.
-                seen = self._calls_begun()
+                    # a few intervals at most lets a later look send another.
+                    waiting = send.future(b"", timeout=self._interval * 4)
+                    waiting.add_done_callback(_log_unanswered)
+
+
+def _log_unanswered(beat: grpc.Future) -> None:
+    if not beat.cancelled() and beat.exception() is not None:  # cancelled: closing
+        _logger.debug("watchdog beat not answered: %s", beat.exception())

@@ -24,6 +24,7 @@ from shardproxy.watchdog import CountingExecutor, Pinger, Stall, beat_handler
 INTERVAL = 0.2  # seconds between beats; a beat RPC waits at most 4 of them
 WORK = 0.05  # seconds each call of the test's own method takes on the one handler thread
 CALLERS = 60  # each keeps one call in flight: the queue holds 3 s of work
+LONG_WORK = 0.5  # seconds a call of the other method takes: longer than an interval
 
 
 class Beats:
@@ -47,10 +48,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, CountingExecutor, Beats]]:
         time.sleep(WORK)
         return b""
 
+    def long_work(request: bytes, context: grpc.ServicerContext) -> bytes:
+        time.sleep(LONG_WORK)
+        return b""
+
     server = grpc.server(pool, handlers=[
         beat_handler(beats),
-        grpc.method_handlers_generic_handler(
-            "test.Slow", {"Work": grpc.unary_unary_rpc_method_handler(work)}),
+        grpc.method_handlers_generic_handler("test.Slow", {
+            "Work": grpc.unary_unary_rpc_method_handler(work),
+            "LongWork": grpc.unary_unary_rpc_method_handler(long_work),
+        }),
     ])
     target = f"unix:{tmp_path / 'worker.sock'}"
     server.add_insecure_port(target)
@@ -62,10 +69,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, CountingExecutor, Beats]]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def calling(target: str, stop: threading.Event) -> None:
-    """Calls the slow method, one call in flight, until `stop`."""
+def calling(target: str, stop: threading.Event, method: str = "Work") -> None:
+    """Calls a slow method, one call in flight, until `stop`."""
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary("/test.Slow/Work")
+        call = channel.unary_unary(f"/test.Slow/{method}")
         while not stop.is_set():
             call(b"", timeout=60)
 
@@ -117,11 +124,42 @@ def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_be
     recorded = beats.between(start, end)
     gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
     assert len(recorded) >= 5, recorded
-    # Calls begin four times an interval, so each look should find some. One that
-    # finds none waits on the beat RPC for up to 4 intervals: beats are then 6
-    # intervals apart (room for 8 here). Beats only through the queue, as before,
-    # left none in the 3 s.
-    assert max(gaps) < 8 * INTERVAL, gaps
+    # Calls begin four times an interval, so each look should find some; one that
+    # finds none sends a beat RPC and the next look goes on without waiting for
+    # it: beats at most 2 intervals apart (room for 4 here). Beats only through the
+    # queue, as at first, left none in the 3 s; a pinger that waited on its beat
+    # RPC, up to 4 intervals, gave gaps of 6.
+    assert max(gaps) < 4 * INTERVAL, gaps
+
+
+def test_calls_longer_than_an_interval_beat_at_the_first_look_after_each_begins(
+    server: tuple[str, CountingExecutor, Beats],
+) -> None:
+    target, pool, beats = server
+    pinger = Pinger(target, INTERVAL, beats, lambda: pool.begun)
+    stop = threading.Event()
+    callers = ThreadPoolExecutor(max_workers=8)  # 4 s of calls queued
+    futures = [callers.submit(calling, target, stop, "LongWork") for _ in range(8)]
+    try:
+        time.sleep(1.0)
+        pinger.start()
+        start = time.monotonic()
+        time.sleep(4.0)
+        end = time.monotonic()
+    finally:
+        pinger.close()
+        stop.set()
+        for future in futures:
+            future.result(timeout=30)
+        callers.shutdown()
+    recorded = beats.between(start, end)
+    gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
+    # A call begins every 0.5 s; most looks between two find none and send a beat
+    # RPC, which waits behind the queue. The looks go on meanwhile, so the first
+    # one after the next call began beats: at most a call and an interval apart,
+    # room for one more interval here. A pinger that waited for its beat RPC (4
+    # intervals) beat 1.2 s apart and more.
+    assert max(gaps) < LONG_WORK + 2 * INTERVAL, gaps
 
 
 def test_a_pool_whose_every_thread_is_stuck_beats_no_more(
