@@ -10,6 +10,7 @@ its handlers blocked is `test_health`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -69,12 +70,42 @@ def server(tmp_path: Path) -> Iterator[tuple[str, CountingExecutor, Beats]]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def calling(target: str, stop: threading.Event, method: str = "Work") -> None:
-    """Calls a slow method, one call in flight, until `stop`."""
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(f"/test.Slow/{method}")
-        while not stop.is_set():
-            call(b"", timeout=60)
+@contextlib.contextmanager
+def queue_kept_full(target: str, callers: int, method: str = "Work") -> Iterator[None]:
+    """`callers` threads each keeping one call of a slow method in flight, from a
+    second before entering (the queue fills) until leaving."""
+    stop = threading.Event()
+
+    def calling() -> None:
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(f"/test.Slow/{method}")
+            while not stop.is_set():
+                call(b"", timeout=60)
+
+    pool = ThreadPoolExecutor(max_workers=callers)
+    futures = [pool.submit(calling) for _ in range(callers)]
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        stop.set()
+        for future in futures:
+            future.result(timeout=30)
+        pool.shutdown()
+
+
+def beat_gaps(pinger: Pinger, beats: Beats, seconds: float) -> list[float]:
+    """Seconds between the beats `pinger` records in `seconds` from its start, and
+    from the start and to the end."""
+    pinger.start()
+    try:
+        start = time.monotonic()
+        time.sleep(seconds)
+        end = time.monotonic()
+    finally:
+        pinger.close()
+    recorded = beats.between(start, end)
+    return [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
 
 
 def test_the_pool_counts_a_task_when_a_thread_begins_it_not_when_it_is_queued() -> None:
@@ -99,36 +130,17 @@ def test_handlers_that_keep_taking_calls_keep_beating_while_a_beat_would_wait_be
 ) -> None:
     target, pool, beats = server
     pinger = Pinger(target, INTERVAL, beats, lambda: pool.begun)
-    stop = threading.Event()
-
-    def keep_calling() -> None:
-        calling(target, stop)
-
     # 60 callers on one thread taking 0.05 s a call: each call, and a beat RPC,
     # waits about 3 s in the queue, far past the 0.8 s a beat RPC is given, while
     # calls begin four times an interval.
-    callers = ThreadPoolExecutor(max_workers=CALLERS)
-    futures = [callers.submit(keep_calling) for _ in range(CALLERS)]
-    try:
-        time.sleep(1.0)  # the queue fills
-        pinger.start()
-        start = time.monotonic()
-        time.sleep(3.0)
-        end = time.monotonic()
-    finally:
-        pinger.close()
-        stop.set()
-        for future in futures:
-            future.result(timeout=30)
-        callers.shutdown()
-    recorded = beats.between(start, end)
-    gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
-    assert len(recorded) >= 5, recorded
-    # Calls begin four times an interval, so each look should find some; one that
-    # finds none sends a beat RPC and the next look goes on without waiting for
-    # it: beats at most 2 intervals apart (room for 4 here). Beats only through the
-    # queue, as at first, left none in the 3 s; a pinger that waited on its beat
-    # RPC, up to 4 intervals, gave gaps of 6.
+    with queue_kept_full(target, CALLERS):
+        gaps = beat_gaps(pinger, beats, 3.0)
+    assert len(gaps) >= 6, gaps
+    # Each look should find calls begun; one that finds none sends a beat RPC and
+    # the next look goes on without waiting for it: beats at most 2 intervals
+    # apart (room for 4 here). Beats only through the queue, as at first, left
+    # none in the 3 s; a pinger that waited on its beat RPC, up to 4 intervals,
+    # gave gaps of 6.
     assert max(gaps) < 4 * INTERVAL, gaps
 
 
@@ -137,28 +149,13 @@ def test_calls_longer_than_an_interval_beat_at_the_first_look_after_each_begins(
 ) -> None:
     target, pool, beats = server
     pinger = Pinger(target, INTERVAL, beats, lambda: pool.begun)
-    stop = threading.Event()
-    callers = ThreadPoolExecutor(max_workers=8)  # 4 s of calls queued
-    futures = [callers.submit(calling, target, stop, "LongWork") for _ in range(8)]
-    try:
-        time.sleep(1.0)
-        pinger.start()
-        start = time.monotonic()
-        time.sleep(4.0)
-        end = time.monotonic()
-    finally:
-        pinger.close()
-        stop.set()
-        for future in futures:
-            future.result(timeout=30)
-        callers.shutdown()
-    recorded = beats.between(start, end)
-    gaps = [b - a for a, b in zip([start, *recorded], [*recorded, end], strict=True)]
+    with queue_kept_full(target, 8, "LongWork"):  # 4 s of calls queued
+        gaps = beat_gaps(pinger, beats, 4.0)
     # A call begins every 0.5 s; most looks between two find none and send a beat
     # RPC, which waits behind the queue. The looks go on meanwhile, so the first
     # one after the next call began beats: at most a call and an interval apart,
-    # room for one more interval here. A pinger that waited for its beat RPC (4
-    # intervals) beat 1.2 s apart and more.
+    # room for one more interval here. A pinger that waited for its beat RPC left
+    # a gap of 3.8 s.
     assert max(gaps) < LONG_WORK + 2 * INTERVAL, gaps
 
 
@@ -201,17 +198,8 @@ def test_an_idle_pool_is_not_stalled_nor_one_whose_queue_is_seconds_deep(
     stall = Stall(pool)
     # Idle: each look that finds nothing begun queues a task the next look finds begun.
     assert max(stalls_seen(stall, 1.0)) < 0.5
-    stop = threading.Event()
-    callers = ThreadPoolExecutor(max_workers=CALLERS)
-    futures = [callers.submit(calling, target, stop) for _ in range(CALLERS)]
-    try:
-        time.sleep(1.0)  # 3 s of calls queued before the one thread
+    with queue_kept_full(target, CALLERS):  # 3 s of calls queued before the one thread
         busy = stalls_seen(stall, 2.0)
-    finally:
-        stop.set()
-        for future in futures:
-            future.result(timeout=30)
-        callers.shutdown()
     assert max(busy) < 0.5, busy
 
 
