@@ -73,6 +73,11 @@ class CountingExecutor(ThreadPoolExecutor):
         self.begun += 1
         return fn(*args, **kwargs)
 
+    def submit_uncounted(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        """Queues `fn` without counting it when it begins: a task of the worker's own,
+        which must not pass for a client's call in the watchdog's eyes."""
+        return super().submit(fn, *args)
+
 
 def _nothing() -> None:
     pass
@@ -81,11 +86,13 @@ def _nothing() -> None:
 class Stall:
     """How long a pool of handler threads has begun no task although one waited.
 
-    Found by looking now and then (`look`): when the pool began tasks since the last
+    Found by looking now and then (`look`): when the pool began calls since the last
     look it is not stalled, however long the queue before its threads. When it began
-    none, a task that does nothing is queued (one at a time): an idle pool begins it
-    at once, which the next look sees, and a pool whose every thread is blocked
-    leaves it waiting, the stall growing from the look that queued it.
+    none, a task that does nothing is queued (one at a time, not counted as a call):
+    an idle pool begins it at once, which the next look sees, and a pool whose every
+    thread is blocked leaves it waiting, the stall growing from the look that queued
+    it. Not counted, so that the watchdog's pinger still proves an idle worker's
+    gRPC server with its own beat RPC, not with these tasks.
     """
 
     def __init__(self, pool: CountingExecutor) -> None:
@@ -97,15 +104,18 @@ class Stall:
     def look(self, now: float) -> float:
         """Seconds, at `now` (monotonic), since the pool last showed it begins tasks."""
         begun = self._pool.begun
-        if begun != self._seen:
+        ran = self._waiting is not None and self._waiting.done()
+        if ran:
+            self._waiting = None
+        if begun != self._seen or ran:
             self._seen = begun
             self._quiet_since = None
             return 0.0
         if self._quiet_since is None:
             self._quiet_since = now
-        if self._waiting is None or self._waiting.done():
+        if self._waiting is None:
             try:
-                self._waiting = self._pool.submit(_nothing)
+                self._waiting = self._pool.submit_uncounted(_nothing)
             except RuntimeError:  # shut down: nothing begins there any more
                 pass
         return now - self._quiet_since

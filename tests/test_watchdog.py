@@ -196,8 +196,11 @@ def test_an_idle_pool_is_not_stalled_nor_one_whose_queue_is_seconds_deep(
 ) -> None:
     target, pool, _ = server
     stall = Stall(pool)
-    # Idle: each look that finds nothing begun queues a task the next look finds begun.
+    # Idle: each look that finds nothing begun queues a task the next look finds run,
+    # which the pool does not count as a call (the watchdog's pinger would take it
+    # for one and send no beat RPC).
     assert max(stalls_seen(stall, 1.0)) < 0.5
+    assert pool.begun == 0
     with queue_kept_full(target, CALLERS):  # 3 s of calls queued before the one thread
         busy = stalls_seen(stall, 2.0)
     assert max(busy) < 0.5, busy
