@@ -88,6 +88,19 @@ def test_a_draining_worker_says_not_serving_and_keeps_answering_meanwhile(
             assert health_status(worker.port) == "NOT_SERVING"
 
 
+def test_a_watch_hears_the_worker_turn_not_serving(sqlite_url: str) -> None:
+    with running_workers(sqlite_url, workers=1) as (worker,), \
+            grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=BOUND)
+        try:
+            assert next(watch).status == SERVING
+            worker.health.drain()
+            assert next(watch).status == NOT_SERVING
+        finally:
+            watch.cancel()
+
+
 def test_check_command_exit_codes(sqlite_url: str) -> None:
     def check(*flags: str) -> tuple[int, str]:
         result = subprocess.run(
@@ -173,7 +186,8 @@ def test_a_worker_whose_handlers_are_all_blocked_answers_checks_and_says_not_ser
 ) -> None:
     """Checks are answered ahead of the clients' calls, by a thread of their own: here
     the calls never begin (every handler thread blocked by the test-only fault hook,
-    SIGUSR2), and the checks are still answered, in time, and turn NOT_SERVING."""
+    SIGUSR2), and the checks are still answered, in time, and turn NOT_SERVING; a
+    Watch opened then starts with NOT_SERVING."""
     monkeypatch.setenv("SHARDPROXY_TEST_FAULT_HOOKS", "1")
     options = ("--threads", "2", "--watchdog-timeout", "0", "--drain-timeout", "2")
     with serve(sqlite_url, workers=1, options=options) as (process, port):
@@ -189,10 +203,16 @@ def test_a_worker_whose_handlers_are_all_blocked_answers_checks_and_says_not_ser
             if status == "NOT_SERVING":
                 break
             time.sleep(0.2)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, \
-                pytest.raises(grpc.RpcError) as call:
-            channel.unary_unary(f"/{SERVICE}/GetAllStudies")(b"", timeout=1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # A Watch, as gRPC clients' own health checking opens, starts there too.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=2)
+            watched = health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status)
+            watch.cancel()
+            with pytest.raises(grpc.RpcError) as call:
+                channel.unary_unary(f"/{SERVICE}/GetAllStudies")(b"", timeout=1)
         log = server_log(process)
+    assert watched == "NOT_SERVING"
     assert call.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # a client's call waits
     # Every check answered (none DEADLINE_EXCEEDED), SERVING until the stall counts.
     assert {status for _, status in seen} <= {"SERVING", "NOT_SERVING"}, seen
