@@ -93,7 +93,7 @@ class Health:
             threading.Thread(target=self._probe, name="health-probe", daemon=True),
             threading.Thread(target=self._judge, name="health-judge", daemon=True),
         ]
-        self._check_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+        self._health_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self._set(SERVING)
 
     def register(self, server: grpc.Server) -> None:
@@ -110,7 +110,7 @@ class Health:
         # `experimental_thread_pool`; a non-blocking Watch (what the servicer is
         # made for) returns at once and its updates are sent by whoever sets a status.
         for method in (check, watch):
-            setattr(method, "experimental_thread_pool", self._check_thread)  # noqa: B010
+            setattr(method, "experimental_thread_pool", self._health_thread)  # noqa: B010
         setattr(watch, "experimental_non_blocking", True)  # noqa: B010
         methods = SimpleNamespace(Check=check, List=servicer.List, Watch=watch)
         health_pb2_grpc.add_HealthServicer_to_server(methods, server)
@@ -134,7 +134,7 @@ class Health:
             if thread.is_alive():
                 # A probe stuck in a connect is left behind: it is a daemon thread.
                 thread.join(timeout=1.0)
-        self._check_thread.shutdown(wait=False)
+        self._health_thread.shutdown(wait=False)
 
     def _set(self, status: int) -> None:
         for service in SERVICES:
