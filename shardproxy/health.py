@@ -195,7 +195,9 @@ class Health:
             )
 
     def _then(self) -> str:
-        return ": health SERVING" if self._serving() else ""
+        """What a recovery turns the health to: SERVING once nothing else holds it
+        down, and never while draining, which keeps NOT_SERVING."""
+        return ": health SERVING" if self._serving() and not self._stop.is_set() else ""
 
 
 def check_health(
