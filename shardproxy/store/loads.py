@@ -54,7 +54,6 @@ from shardproxy.store.schema import (
     trials,
 )
 from shardproxy.store.sql import chunks as sql_chunks
-from shardproxy.store.sql import statement_size
 
 # Ids per IN-list of a trial load. The list appears once per table of the UNION,
 # so this keeps every statement far below SQLite's 32 766 parameters.
@@ -159,14 +158,12 @@ class StudyStream:
 def load_trials_by_id(conn: Connection, ids: Sequence[int]) -> list[TrialRow]:
     """The trials with these ids (of any studies) that exist, sorted by id.
 
-    One statement per MAX_IN_LIST ids. Each list is padded to `statement_size` by
-    repeating its last id.
+    One statement per MAX_IN_LIST ids.
     """
     rows: list[TrialRow] = []
     for part in sql_chunks(sorted(set(ids)), MAX_IN_LIST):
-        padded = list(part) + [part[-1]] * (statement_size(len(part)) - len(part))
         rows.extend(_assemble(_LOADS[conn.dialect.name == "postgresql"].by_id.execute(
-            conn, {"ids": padded}))[0])
+            conn, {"ids": list(part)}))[0])
     return rows
 
 

@@ -94,6 +94,53 @@ def test_writes_take_effect_with_their_parameters(db_url: str, trial_ids: list[i
     assert changed[trial_ids[1]][1] == now
 
 
+@pytest.mark.parametrize("server", SERVER_URLS)
+def test_lists_of_every_length_are_rendered_once_per_power_of_two(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """Each rendering is kept: one per list length would keep a thousand renderings
+    of a statement that lists up to a thousand ids."""
+    url = request.getfixturevalue(server)
+    store = Store(url)
+    try:
+        study_id = store.create_new_study([0], "lengths")
+        ids = [store.create_new_trial(study_id, None) for _ in range(3)]
+    finally:
+        store.close()
+    engine = make_write_engine(url, 1)
+    statement = Prepared(COUNT_IN, expanding=["ids"])
+    try:
+        with engine.begin() as conn:
+            counts = [statement.execute(conn, {"ids": ids + [10**9 + n for n in range(n)]})
+                      .scalar() for n in range(40)]
+    finally:
+        engine.dispose()
+    assert counts == [3] * 40
+    # 3 to 42 ids: lists of 4, 8, 16, 32 and 64.
+    assert sorted(lengths for _, (lengths,) in statement._rendered) == [4, 8, 16, 32, 64]  # noqa: SLF001
+
+
+def test_a_padded_update_counts_each_row_it_matched_once(
+    db_url: str, trial_ids: list[int]
+) -> None:
+    """The batch's guard compares an UPDATE's row count with its list's length."""
+    engine = make_write_engine(db_url, 1)
+    statement = Prepared(
+        update(trials)
+        .where(trials.c.trial_id.in_(bindparam("ids", expanding=True)),
+               trials.c.state == "RUNNING")
+        .values(state="RUNNING"),
+        expanding=["ids"],
+    )
+    try:
+        with engine.begin() as conn:
+            counts = [statement.execute(conn, {"ids": trial_ids[:n]}).rowcount
+                      for n in (3, 5, 6)]  # padded to 4, 8 and 8
+    finally:
+        engine.dispose()
+    assert counts == [3, 5, 6]
+
+
 def test_sqlalchemy_still_has_the_private_names_prepared_statements_use() -> None:
     # Each is reached for only when a statement runs on the driver's cursor; a
     # release that renames one would otherwise show up as unretried errors or
