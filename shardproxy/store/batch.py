@@ -355,10 +355,13 @@ class Batch:
         Raises GuardMissed unless it found every trial of the batch unfinished.
         """
         params: dict[str, Any] = {"ids": ids, "now": self._now}
-        for i, (trial_id, state) in enumerate(sorted(finishing.items())):
+        arms = sorted(finishing.items())
+        # A repeated arm of the CASE changes nothing: one shape per power of two.
+        arms += [arms[-1]] * (sql.statement_size(len(arms)) - len(arms))
+        for i, (trial_id, state) in enumerate(arms):
             params[f"finish_id_{i}"] = trial_id
             params[f"finish_state_{i}"] = state
-        found = _guarded_update(len(finishing)).execute(self.conn, params).rowcount
+        found = _guarded_update(len(arms)).execute(self.conn, params).rowcount
         if found != len(ids):
             raise GuardMissed(f"{len(ids) - found} of {len(ids)} trials finished or gone")
         self._assume_unfinished(ids)
@@ -500,7 +503,7 @@ _FIRST_DISTRIBUTION = Prepared(
 )
 
 
-@functools.cache  # at most GUARD_MAX_FINISHING shapes
+@functools.cache  # one shape per power of two up to GUARD_MAX_FINISHING
 def _guarded_update(finishing: int) -> Prepared:
     """UPDATE that finishes `finishing` trials and touches the others of the batch.
 
