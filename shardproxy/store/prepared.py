@@ -20,7 +20,7 @@ A statement's expanding lists are IN-lists, padded to the next power of two by
 repeating their last element, which means the same: the statement is then
 rendered once per power of two of each list's length rather than once per
 length. Unpadded, a worker whose reads listed 1 to 1 000 unfinished trials would
-render the trial read a thousand times, at 15–100 ms of CPU each, and keep every
+render the trial read a thousand times, at 14–106 ms of CPU each, and keep every
 rendering (326 KiB for the one of 1 000 ids on MySQL).
 """
 
