@@ -355,9 +355,8 @@ class Batch:
         Raises GuardMissed unless it found every trial of the batch unfinished.
         """
         params: dict[str, Any] = {"ids": ids, "now": self._now}
-        arms = sorted(finishing.items())
         # A repeated arm of the CASE changes nothing: one shape per power of two.
-        arms += [arms[-1]] * (sql.statement_size(len(arms)) - len(arms))
+        arms = sql.padded(sorted(finishing.items()))
         for i, (trial_id, state) in enumerate(arms):
             params[f"finish_id_{i}"] = trial_id
             params[f"finish_state_{i}"] = state

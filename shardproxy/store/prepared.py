@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql import Executable
 
-from shardproxy.store.sql import statement_size
+from shardproxy.store.sql import padded
 
 # (SQL text, how to turn the caller's parameters into the driver's), or None where
 # a parameter needs SQLAlchemy's conversion and the statement runs the Core way.
@@ -123,18 +123,10 @@ class Prepared:
                 cursor.close()  # also when the generator is closed early
 
     def _padded(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        """`params` with each expanding list padded to `statement_size` by repeating
-        its last element (an empty one stays empty)."""
-        padded: dict[str, Any] | None = None
-        for name in self._expanding:
-            values = params[name]
-            count = len(values)
-            size = statement_size(count) if count else 0
-            if size != count:
-                if padded is None:
-                    padded = dict(params)
-                padded[name] = [*values, *itertools.repeat(values[-1], size - count)]
-        return params if padded is None else padded
+        """`params` with each expanding list `padded` to the next power of two."""
+        if not self._expanding:
+            return params
+        return {**params, **{name: padded(params[name]) for name in self._expanding}}
 
     def _rendering(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
         """The driver's SQL for these lengths of the expanding lists (rendered on

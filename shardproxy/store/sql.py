@@ -10,12 +10,15 @@ SQLite runs them in-process.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+T = TypeVar("T")
 
 # Ids per IN-list: far below every backend's parameter limit (SQLite's 32 766).
 CHUNK = 2000
@@ -29,8 +32,16 @@ def statement_size(count: int) -> int:
     """The size of statement that serves `count` rows, ids or studies: the next power
     of two, so that a few shapes are rendered and kept (each costs tens of
     milliseconds once) rather than one per batch size. The caller fills the places
-    past `count` with values that match nothing."""
+    past `count` with values that match nothing, or repeats (`padded`)."""
     return 1 << (count - 1).bit_length()
+
+
+def padded(items: Sequence[T]) -> list[T]:
+    """`items` padded to `statement_size` by repeating the last (empty stays empty):
+    for lists where a repeat means nothing, an IN-list or the arms of a CASE."""
+    if not items:
+        return []
+    return [*items, *itertools.repeat(items[-1], statement_size(len(items)) - len(items))]
 
 
 def upsert(
