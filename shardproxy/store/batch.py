@@ -50,7 +50,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from shardproxy.rows import FINISHED_STATES, RUNNING, STATE_NAMES, WAITING, stored_datetime
-from shardproxy.store import numbering, sql
+from shardproxy.store import numbering, shapes
 from shardproxy.store.errors import NOT_FOUND
 from shardproxy.store.numbering import Counted
 from shardproxy.store.operations import (
@@ -313,7 +313,7 @@ class Batch:
     # -- writes to existing trials ------------------------------------------------------
 
     def _lock_trials(self, ids: list[int]) -> None:
-        for part in sql.chunks(ids):
+        for part in shapes.chunks(ids):
             locked = _LOCK_TRIALS.execute(self.conn, {"ids": list(part)})
             for trial_id, study_id, number, state in locked:
                 self._trials[trial_id] = _Trial(study_id, number, state)
@@ -345,7 +345,7 @@ class Batch:
                 return None
         if not finishing:
             return None  # without a state to set, the lock costs the same one statement
-        if len(finishing) > GUARD_MAX_FINISHING or written > sql.CHUNK:
+        if len(finishing) > GUARD_MAX_FINISHING or written > shapes.CHUNK:
             return None
         return finishing
 
@@ -356,7 +356,7 @@ class Batch:
         """
         params: dict[str, Any] = {"ids": ids, "now": self._now}
         # A repeated arm of the CASE changes nothing: one shape per power of two.
-        arms = sql.padded(sorted(finishing.items()))
+        arms = shapes.padded(sorted(finishing.items()))
         for i, (trial_id, state) in enumerate(arms):
             params[f"finish_id_{i}"] = trial_id
             params[f"finish_state_{i}"] = state
@@ -399,7 +399,7 @@ class Batch:
                for op, result in zip(self.operations, self.results, strict=True)):
             raise GuardMissed("a param failed its check")
         rows = list(self._rows.params.values())
-        size = sql.statement_size(len(rows))
+        size = shapes.statement_size(len(rows))
         params: dict[str, Any] = {}
         for i in range(size):
             # The places past the rows name no trial, and so insert nothing.

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from shardproxy.store import sql
+from shardproxy.store import shapes
 from shardproxy.store.schema import trial_heartbeats, trials
 
 
@@ -34,7 +34,7 @@ class RecordHeartbeat:
 def write_heartbeats(conn: Connection, trial_ids: list[int]) -> None:
     """One statement (per CHUNK trials): each existing trial's heartbeat set to now."""
     statement = _upsert(conn.dialect.name)
-    for part in sql.chunks(sorted(set(trial_ids))):
+    for part in shapes.chunks(sorted(set(trial_ids))):
         conn.execute(statement, {"ids": list(part)})
 
 

@@ -53,7 +53,7 @@ from shardproxy.store.schema import (
     trial_values,
     trials,
 )
-from shardproxy.store.sql import chunks as sql_chunks
+from shardproxy.store.shapes import chunks
 
 # Ids per IN-list of a trial load. The list appears once per table of the UNION,
 # so this keeps every statement far below SQLite's 32 766 parameters.
@@ -95,7 +95,7 @@ def load_trials(
     postgresql = conn.dialect.name == "postgresql"
     loads = _LOADS[postgresql]
     older = sorted(i for i in set(ids) if i <= id_greater_than)
-    parts = sql_chunks(older, MAX_IN_LIST) or [[]]
+    parts = chunks(older, MAX_IN_LIST) or [[]]
     params: dict[str, Any] = {"sid": study_id, "gt": id_greater_than}
     if postgresql:
         params["size"] = size
@@ -161,7 +161,7 @@ def load_trials_by_id(conn: Connection, ids: Sequence[int]) -> list[TrialRow]:
     One statement per MAX_IN_LIST ids.
     """
     rows: list[TrialRow] = []
-    for part in sql_chunks(sorted(set(ids)), MAX_IN_LIST):
+    for part in chunks(sorted(set(ids)), MAX_IN_LIST):
         rows.extend(_assemble(_LOADS[conn.dialect.name == "postgresql"].by_id.execute(
             conn, {"ids": list(part)}))[0])
     return rows

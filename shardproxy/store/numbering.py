@@ -60,7 +60,7 @@ from shardproxy.store import cluster
 from shardproxy.store.newer import trial_ids_of_study
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import studies, trials
-from shardproxy.store.sql import statement_size
+from shardproxy.store.shapes import statement_size
 
 # Bounds on the statements built per shape (each is compiled and kept): larger
 # batches take the plain way, whose extra statement they share.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
 
-from shardproxy.store import sql
+from shardproxy.store import shapes, sql
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.schema import (
     trial_intermediate_values,
@@ -98,7 +98,7 @@ def write_states(conn: Connection, changes: dict[int, StateChange], now: datetim
         groups.setdefault(change, []).append(trial_id)
     for (state, start, complete), trial_ids in groups.items():
         statement = _update_state_statement(start, complete)
-        for part in sql.chunks(sorted(trial_ids)):
+        for part in shapes.chunks(sorted(trial_ids)):
             statement.execute(conn, {"new_state": state, "now": now, "ids": list(part)})
 
 

@@ -5,7 +5,8 @@ than the driver does: before it finds a statement's compiled form in its cache,
 it derives the cache key from the whole expression tree, and it then builds an
 execution context and a result object, on every call. A `Prepared` statement is
 compiled once per dialect and IN-list length and then run on a cursor of the
-connection's own driver connection, inside the connection's transaction. Errors
+connection's own driver connection, inside the connection's transaction (a
+multi-row INSERT as one executemany of the driver: `sql.py`). Errors
 still go through SQLAlchemy's handling (the store's retries see the same
 exceptions, and a lost connection is invalidated as usual). Where the engine has
 event listeners (a statement counter, say), statements run through
@@ -34,7 +35,7 @@ from typing import Any, NoReturn
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql import Executable
 
-from shardproxy.store.sql import padded
+from shardproxy.store.shapes import padded
 
 # (SQL text, how to turn the caller's parameters into the driver's), or None where
 # a parameter needs SQLAlchemy's conversion and the statement runs the Core way.
@@ -67,11 +68,17 @@ class Rows:
 
 
 class Prepared:
-    def __init__(self, statement: Executable, expanding: Sequence[str] = ()) -> None:
+    def __init__(
+        self, statement: Executable, expanding: Sequence[str] = (),
+        columns: Sequence[str] | None = None,
+    ) -> None:
         """`expanding`: the names of the statement's `bindparam(..., expanding=True)`,
-        each the list of an IN (see the module's docstring)."""
+        each the list of an IN (see the module's docstring). `columns`: for an
+        INSERT given no values, the columns its rows set (each row's keys), as
+        Core takes them from the first row's keys."""
         self.statement = statement
         self._expanding = tuple(expanding)
+        self._columns = None if columns is None else list(columns)
         self._rendered: dict[tuple[str, tuple[int, ...]], _Rendered] = {}
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Rows:
@@ -83,6 +90,22 @@ class Prepared:
         if _has_listeners(conn):
             return _through_core(conn.exec_driver_sql(sql, arguments(params)))
         return _on_cursor(conn, sql, arguments(params))
+
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Runs the statement once per row as one executemany of the driver, which
+        MySQL's drivers send as one multi-row INSERT (psycopg2 would send one
+        statement per row). For statements without expanding lists."""
+        assert not self._expanding, "executemany of a statement with expanding lists"
+        rendered = self._rendering(conn.dialect, rows[0])
+        if rendered is None:
+            conn.execute(self.statement, [dict(row) for row in rows])
+            return
+        sql, arguments = rendered
+        many = [arguments(row) for row in rows]
+        if _has_listeners(conn):
+            conn.exec_driver_sql(sql, many)
+            return
+        _on_cursor(conn, sql, many, many=True)
 
     def stream(
         self, conn: Connection, params: Mapping[str, Any], fetch: int
@@ -139,7 +162,8 @@ class Prepared:
         return self._rendered[key]
 
     def _render(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
-        compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        compiled = self.statement.compile(  # type: ignore[attr-defined]
+            dialect=dialect, column_keys=self._columns)
         state = compiled.construct_expanded_state(dict(params))
         if state.processors:
             return None
@@ -216,11 +240,16 @@ def _through_core(result: CursorResult[Any]) -> Rows:
     return Rows(rows, result.rowcount)
 
 
-def _on_cursor(conn: Connection, sql: str, arguments: Any) -> Rows:
+def _on_cursor(conn: Connection, sql: str, arguments: Any, many: bool = False) -> Rows:
+    """The statement run on a cursor of the driver: once, or once per element of
+    `arguments` where `many` (as one executemany, returning no rows)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(sql, arguments)
-        rows = cursor.fetchall() if cursor.description is not None else ()
+        if many:
+            cursor.executemany(sql, arguments)
+        else:
+            cursor.execute(sql, arguments)
+        rows = cursor.fetchall() if not many and cursor.description is not None else ()
         rowcount = cursor.rowcount
     except Exception as exc:
         if not isinstance(exc, conn.dialect.loaded_dbapi.Error):

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from shardproxy.store import sql
+from shardproxy.store import shapes, sql
 from shardproxy.store.pending import utc_now
 
 _logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def prune(engine: Engine) -> None:
 def answers(conn: Connection, keys: Collection[str]) -> dict[str, int]:
     """The recorded answer of each key among `keys` that a committed call wrote."""
     found: dict[str, int] = {}
-    for part in sql.chunks(sorted(keys)):
+    for part in shapes.chunks(sorted(keys)):
         for key, outcome in conn.execute(_ANSWERS, {"keys": list(part)}):
             found[key] = int(outcome)
     return found

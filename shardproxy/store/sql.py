@@ -1,47 +1,26 @@
 """Multi-row inserts, upserts and insert-or-ignore in each backend's own words.
 
 Rows go to the driver as one executemany of one cached statement. Each backend
-then sends them as multi-row statements: PyMySQL rewrites an executemany INSERT
-into one multi-row INSERT; SQLAlchemy batches PostgreSQL INSERTs into multi-row
-VALUES when they carry RETURNING (so the upserts here ask for the primary key);
+then sends them as multi-row statements: PyMySQL and mysqlclient rewrite an
+executemany INSERT into one multi-row INSERT, so on MySQL/MariaDB the statement
+runs as a `Prepared` one, on the driver's cursor (SQLAlchemy Core's own work per
+execution cost as much CPU as the driver's); SQLAlchemy batches PostgreSQL INSERTs
+into multi-row VALUES when they carry RETURNING (so the upserts here ask for the
+primary key), where psycopg2's executemany would send one statement per row;
 SQLite runs them in-process.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-T = TypeVar("T")
-
-# Ids per IN-list: far below every backend's parameter limit (SQLite's 32 766).
-CHUNK = 2000
-
-
-def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def statement_size(count: int) -> int:
-    """The size of statement that serves `count` rows, ids or studies: the next power
-    of two, so that a few shapes are rendered and kept (each costs tens of
-    milliseconds once) rather than one per batch size. The caller fills the places
-    past `count` with values that match nothing, or repeats (`padded`)."""
-    return 1 << (count - 1).bit_length()
-
-
-def padded(items: Sequence[T]) -> list[T]:
-    """`items` padded to `statement_size` by repeating the last (empty stays empty):
-    for lists where a repeat means nothing, an IN-list or the arms of a CASE."""
-    if not items:
-        return []
-    return [*items, *itertools.repeat(items[-1], statement_size(len(items)) - len(items))]
+from shardproxy.store.prepared import Prepared
 
 
 def upsert(
@@ -64,11 +43,16 @@ def insert_or_ignore(
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    _execute_many(conn, table, insert(table), rows)
+    _execute_many(conn, table, _insert_statement(table), rows)
 
 
 # The statements are built once per shape: building one (and its `inserted` or
 # `excluded` alias) costs more CPU than executing it from SQLAlchemy's compiled cache.
+
+
+@functools.cache
+def _insert_statement(table: Table) -> Any:
+    return insert(table)
 
 
 @functools.cache
@@ -101,10 +85,18 @@ def _returning_primary_key(statement: Any, table: Table) -> Any:
     return statement.returning(*table.primary_key.columns)
 
 
+@functools.cache
+def _on_the_driver(statement: Any, columns: tuple[str, ...]) -> Prepared:
+    return Prepared(statement, columns=columns)
+
+
 def _execute_many(
     conn: Connection, table: Table, statement: Any, rows: list[dict[str, Any]]
 ) -> None:
-    if len(rows) > 1 and conn.dialect.name == "postgresql":
+    dialect = conn.dialect.name
+    if dialect == "mysql":
+        _on_the_driver(statement, tuple(rows[0])).execute_many(conn, rows)
+    elif len(rows) > 1 and dialect == "postgresql":
         conn.execute(_returning_primary_key(statement, table), rows).all()
     else:
         conn.execute(statement, rows)

@@ -11,11 +11,11 @@ import sqlalchemy
 from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from shardproxy.store import Store
+from shardproxy.store import Store, sql
 from shardproxy.store.database import make_write_engine
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.retry import is_transient
-from shardproxy.store.schema import studies, trials
+from shardproxy.store.schema import studies, trial_values, trials
 from tests.store.faults import kill_store_connections
 
 SERVER_URLS = ("mariadb_url", "mariadb_mysqlclient_url", "postgres_url")
@@ -223,3 +223,94 @@ def test_a_refused_write_raises_sqlalchemys_error_and_keeps_the_connection(
             assert names.scalars().all() == ["free", "taken"]
     finally:
         engine.dispose()
+
+
+def _value_rows(trial_ids: list[int], value: float) -> list[dict[str, object]]:
+    return [{"trial_id": trial_id, "objective": 0, "value": value, "value_type": "FINITE"}
+            for trial_id in trial_ids]
+
+
+def _stored_values(conn: Connection) -> dict[int, float]:
+    rows = conn.execute(select(trial_values.c.trial_id, trial_values.c.value))
+    return {trial_id: value for trial_id, value in rows}
+
+
+def test_many_rows_insert_upsert_and_ignore_as_optuna_does(
+    db_url: str, trial_ids: list[int]
+) -> None:
+    """The multi-row writes of `sql`, which run on the driver's cursor on MySQL and
+    MariaDB, through Core elsewhere."""
+    engine = make_write_engine(db_url, 1)
+    try:
+        with engine.begin() as conn:
+            sql.insert_rows(conn, trial_values, _value_rows(trial_ids[:3], 1.0))
+            sql.upsert(conn, trial_values, _value_rows(trial_ids[1:5], 2.0),
+                       ("trial_id", "objective"))
+            sql.insert_or_ignore(conn, trial_values, _value_rows(trial_ids[3:], 3.0),
+                                 ("trial_id", "objective"))
+            sql.upsert(conn, trial_values, _value_rows(trial_ids[:1], 4.0),
+                       ("trial_id", "objective"))  # a single row
+        with engine.begin() as conn:
+            stored = _stored_values(conn)
+    finally:
+        engine.dispose()
+    assert [stored[trial_id] for trial_id in trial_ids] == [4.0, 2.0, 2.0, 2.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("server", SERVER_URLS)
+def test_many_rows_run_as_one_executemany_of_the_rendered_statement(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """Listeners see the executemany that runs on the cursor without them."""
+    url = request.getfixturevalue(server)
+    store = Store(url)
+    try:
+        study_id = store.create_new_study([0], "many")
+        ids = [store.create_new_trial(study_id, None) for _ in range(5)]
+    finally:
+        store.close()
+    engine = make_write_engine(url, 1)
+    statement = Prepared(insert(trial_values), columns=list(_value_rows(ids, 0.0)[0]))
+    seen: list[tuple[str, bool, int]] = []
+
+    def record(conn: Connection, cursor: object, text: str, parameters: list[object],
+               context: object, executemany: bool) -> None:
+        seen.append((text, executemany, len(parameters)))
+
+    try:
+        with engine.begin() as conn:
+            statement.execute_many(conn, _value_rows(ids[:2], 5.0))  # on the cursor
+        sqlalchemy.event.listen(engine, "before_cursor_execute", record)
+        with engine.begin() as conn:
+            statement.execute_many(conn, _value_rows(ids[2:], 6.0))  # seen by listeners
+            stored = _stored_values(conn)
+    finally:
+        engine.dispose()
+    assert [stored[trial_id] for trial_id in ids] == [5.0, 5.0, 6.0, 6.0, 6.0]
+    ((rendered, _),) = statement._rendered.values()  # noqa: SLF001
+    assert (rendered, True, 3) in seen
+
+
+@pytest.mark.parametrize("server", ("mariadb_url", "mariadb_mysqlclient_url"))
+def test_a_refused_row_of_many_raises_sqlalchemys_error_and_writes_none(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(server)
+    store = Store(url)
+    try:
+        store.create_new_study([0], "taken")
+    finally:
+        store.close()
+    engine = make_write_engine(url, 1)
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            with pytest.raises(sqlalchemy.exc.IntegrityError) as excinfo:
+                sql.insert_rows(conn, studies, [{"study_name": "new"}, {"study_name": "taken"}])
+            assert _through_the_cursor(excinfo)
+            assert not excinfo.value.connection_invalidated
+            conn.rollback()
+            names = conn.execute(select(studies.c.study_name)).scalars().all()
+    finally:
+        engine.dispose()
+    assert names == ["taken"]
