@@ -6,7 +6,7 @@ it derives the cache key from the whole expression tree, and it then builds an
 execution context and a result object, on every call. A `Prepared` statement is
 compiled once per dialect and IN-list length and then run on a cursor of the
 connection's own driver connection, inside the connection's transaction (a
-multi-row INSERT as one executemany of the driver: `sql.py`). Errors
+multi-row INSERT as one statement: `execute_many`). Errors
 still go through SQLAlchemy's handling (the store's retries see the same
 exceptions, and a lost connection is invalidated as usual). Where the engine has
 event listeners (a statement counter, say), statements run through
@@ -28,7 +28,9 @@ rendering (326 KiB for the one of 1 000 ids on MySQL).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import re
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -92,10 +94,10 @@ class Prepared:
         return _on_cursor(conn, sql, arguments(params))
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Runs the statement once per row as one executemany of the driver, which
-        MySQL's drivers send as one multi-row INSERT (psycopg2 would send one
-        statement per row). For statements without expanding lists."""
-        assert not self._expanding, "executemany of a statement with expanding lists"
+        """Runs the statement once per row, as one multi-row statement on the drivers
+        of `MULTI_ROW_DRIVERS` (see `_run_many`). For an INSERT built with the rows'
+        `columns`; every row has those keys."""
+        assert not self._expanding, "a multi-row INSERT has no expanding lists"
         rendered = self._rendering(conn.dialect, rows[0])
         if rendered is None:
             conn.execute(self.statement, [dict(row) for row in rows])
@@ -162,8 +164,11 @@ class Prepared:
         return self._rendered[key]
 
     def _render(self, dialect: Dialect, params: Mapping[str, Any]) -> _Rendered:
+        # An INSERT of many rows is compiled as Core compiles it for executemany:
+        # without the RETURNING of the new primary key that a single row gets.
         compiled = self.statement.compile(  # type: ignore[attr-defined]
-            dialect=dialect, column_keys=self._columns)
+            dialect=dialect, column_keys=self._columns,
+            for_executemany=self._columns is not None)
         state = compiled.construct_expanded_state(dict(params))
         if state.processors:
             return None
@@ -246,7 +251,7 @@ def _on_cursor(conn: Connection, sql: str, arguments: Any, many: bool = False) -
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if many:
-            cursor.executemany(sql, arguments)
+            _run_many(cursor, conn.dialect.driver, sql, arguments)
         else:
             cursor.execute(sql, arguments)
         rows = cursor.fetchall() if not many and cursor.description is not None else ()
@@ -261,6 +266,39 @@ def _on_cursor(conn: Connection, sql: str, arguments: Any, many: bool = False) -
         _raise_as_core_would(conn, exc, sql, arguments, cursor)
     cursor.close()
     return Rows(rows, rowcount)
+
+
+# The drivers that `_run_many` sends many rows to as one statement.
+MULTI_ROW_DRIVERS = frozenset({"pymysql", "mysqldb", "psycopg2"})
+
+
+def _run_many(cursor: Any, driver: str, sql: str, arguments: list[Any]) -> None:
+    """One INSERT per element of `arguments`, sent as one multi-row INSERT: PyMySQL
+    and mysqlclient rewrite an executemany INSERT into one themselves; psycopg2's
+    executemany sends one statement per row, so its `execute_values` repeats the
+    statement's VALUES tuple for each row instead."""
+    split = _values_tuple(sql) if driver == "psycopg2" else None
+    if split is None:
+        cursor.executemany(sql, arguments)
+        return
+    import psycopg2.extras
+
+    before, values, after = split
+    psycopg2.extras.execute_values(cursor, f"{before}%s{after}", arguments,
+                                   template=values, page_size=len(arguments))
+
+
+@functools.lru_cache(maxsize=256)
+def _values_tuple(sql: str) -> tuple[str, str, str] | None:
+    """`sql` split around the VALUES tuple of its INSERT, or None if it has none."""
+    found = _VALUES_TUPLE.search(sql)
+    if found is None:
+        return None
+    return sql[: found.start(1)], found.group(1), sql[found.end(1) :]
+
+
+# The VALUES tuple of a rendered INSERT: placeholders (`%(name)s`) and commas.
+_VALUES_TUPLE = re.compile(r"\bVALUES (\((?:[^()]|%\([^()]*\)s)*\))")
 
 
 # SQLAlchemy has no public API for either of the two helpers below, so they use

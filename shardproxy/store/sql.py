@@ -1,13 +1,12 @@
 """Multi-row inserts, upserts and insert-or-ignore in each backend's own words.
 
-Rows go to the driver as one executemany of one cached statement. Each backend
-then sends them as multi-row statements: PyMySQL and mysqlclient rewrite an
-executemany INSERT into one multi-row INSERT, so on MySQL/MariaDB the statement
-runs as a `Prepared` one, on the driver's cursor (SQLAlchemy Core's own work per
-execution cost as much CPU as the driver's); SQLAlchemy batches PostgreSQL INSERTs
-into multi-row VALUES when they carry RETURNING (so the upserts here ask for the
-primary key), where psycopg2's executemany would send one statement per row;
-SQLite runs them in-process.
+Rows go to the database as one multi-row statement. On the drivers that
+`Prepared.execute_many` sends as one (PyMySQL, mysqlclient, psycopg2) the
+statement is rendered once and run on the driver's own cursor: SQLAlchemy Core's
+own work per execution cost as much CPU as the driver's. With any other driver
+Core runs it: it batches PostgreSQL INSERTs into multi-row VALUES when they carry
+RETURNING (so the upserts here then ask for the primary key), and SQLite runs
+them in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from shardproxy.store.prepared import Prepared
+from shardproxy.store.prepared import MULTI_ROW_DRIVERS, Prepared
 
 
 def upsert(
@@ -93,10 +92,9 @@ def _on_the_driver(statement: Any, columns: tuple[str, ...]) -> Prepared:
 def _execute_many(
     conn: Connection, table: Table, statement: Any, rows: list[dict[str, Any]]
 ) -> None:
-    dialect = conn.dialect.name
-    if dialect == "mysql":
+    if conn.dialect.driver in MULTI_ROW_DRIVERS:
         _on_the_driver(statement, tuple(rows[0])).execute_many(conn, rows)
-    elif len(rows) > 1 and dialect == "postgresql":
+    elif len(rows) > 1 and conn.dialect.name == "postgresql":
         conn.execute(_returning_primary_key(statement, table), rows).all()
     else:
         conn.execute(statement, rows)

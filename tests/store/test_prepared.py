@@ -9,13 +9,15 @@ from datetime import datetime
 import pytest
 import sqlalchemy
 from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from shardproxy.store import Store, sql
+from shardproxy.store import prepared as prepared_module
 from shardproxy.store.database import make_write_engine
 from shardproxy.store.prepared import Prepared
 from shardproxy.store.retry import is_transient
-from shardproxy.store.schema import studies, trial_values, trials
+from shardproxy.store.schema import studies, trial_params, trial_values, trials
 from tests.store.faults import kill_store_connections
 
 SERVER_URLS = ("mariadb_url", "mariadb_mysqlclient_url", "postgres_url")
@@ -291,7 +293,32 @@ def test_many_rows_run_as_one_executemany_of_the_rendered_statement(
     assert (rendered, True, 3) in seen
 
 
-@pytest.mark.parametrize("server", ("mariadb_url", "mariadb_mysqlclient_url"))
+def test_psycopg2_repeats_the_values_of_every_multi_row_insert() -> None:
+    """Where the rendered INSERT has no VALUES tuple to repeat, psycopg2 would send
+    a statement per row."""
+    dialect = postgresql.psycopg2.dialect()  # type: ignore[attr-defined]
+    columns = {
+        trial_values: ("trial_id", "objective", "value", "value_type"),
+        trial_params: ("trial_id", "param_name", "param_value", "distribution_json"),
+    }
+    statements = [
+        (sql._upsert_statement("postgresql", table, keys[:2], keys), keys)  # noqa: SLF001
+        for table, keys in columns.items()
+    ] + [
+        (sql._insert_or_ignore_statement("postgresql", table, keys[:2]), keys)  # noqa: SLF001
+        for table, keys in columns.items()
+    ] + [(insert(studies), ("study_name",))]
+    for statement, keys in statements:
+        rendered = Prepared(statement, columns=keys)._render(  # noqa: SLF001
+            dialect, dict.fromkeys(keys, 1))
+        assert rendered is not None
+        split = prepared_module._values_tuple(rendered[0])  # noqa: SLF001
+        assert split is not None, rendered[0]
+        assert "RETURNING" not in rendered[0]
+        assert split[1] == "(" + ", ".join(f"%({key})s" for key in keys) + ")"
+
+
+@pytest.mark.parametrize("server", SERVER_URLS)
 def test_a_refused_row_of_many_raises_sqlalchemys_error_and_writes_none(
     server: str, request: pytest.FixtureRequest
 ) -> None:
