@@ -247,7 +247,7 @@ def _through_core(result: CursorResult[Any]) -> Rows:
 
 def _on_cursor(conn: Connection, sql: str, arguments: Any, many: bool = False) -> Rows:
     """The statement run on a cursor of the driver: once, or once per element of
-    `arguments` where `many` (as one executemany, returning no rows)."""
+    `arguments` where `many` (as one multi-row statement, `_run_many`; no rows)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if many:
