@@ -240,8 +240,8 @@ def _stored_values(conn: Connection) -> dict[int, float]:
 def test_many_rows_insert_upsert_and_ignore_as_optuna_does(
     db_url: str, trial_ids: list[int]
 ) -> None:
-    """The multi-row writes of `sql`, which run on the driver's cursor on MySQL and
-    MariaDB, through Core elsewhere."""
+    """The multi-row writes of `sql`, which run on the driver's cursor with
+    PyMySQL, mysqlclient and psycopg2, through Core on SQLite."""
     engine = make_write_engine(db_url, 1)
     try:
         with engine.begin() as conn:
@@ -260,10 +260,11 @@ def test_many_rows_insert_upsert_and_ignore_as_optuna_does(
 
 
 @pytest.mark.parametrize("server", SERVER_URLS)
-def test_many_rows_run_as_one_executemany_of_the_rendered_statement(
+def test_many_rows_are_written_on_the_cursor_or_seen_by_listeners(
     server: str, request: pytest.FixtureRequest
 ) -> None:
-    """Listeners see the executemany that runs on the cursor without them."""
+    """Without listeners the rows go on the driver's cursor; with them, as one
+    executemany of the same rendered statement, which the listeners see."""
     url = request.getfixturevalue(server)
     store = Store(url)
     try:
