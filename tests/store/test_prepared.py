@@ -31,14 +31,19 @@ LISTED = (
 COUNT_IN = select(func.count()).where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
 
 
-@pytest.fixture
-def trial_ids(db_url: str) -> list[int]:
-    store = Store(db_url)
+def _new_trials(url: str, count: int) -> list[int]:
+    """The ids of `count` new trials of a new study in the database at `url`."""
+    store = Store(url)
     try:
         study_id = store.create_new_study([0], "prepared")
-        return [store.create_new_trial(study_id, None) for _ in range(6)]
+        return [store.create_new_trial(study_id, None) for _ in range(count)]
     finally:
         store.close()
+
+
+@pytest.fixture
+def trial_ids(db_url: str) -> list[int]:
+    return _new_trials(db_url, 6)
 
 
 @pytest.mark.parametrize("count", [1, 2, 5, 1, 5])  # repeats: the rendered SQL is reused
@@ -103,12 +108,7 @@ def test_lists_of_every_length_are_rendered_once_per_power_of_two(
     """Each rendering is kept: one per list length would keep a thousand renderings
     of a statement that lists up to a thousand ids."""
     url = request.getfixturevalue(server)
-    store = Store(url)
-    try:
-        study_id = store.create_new_study([0], "lengths")
-        ids = [store.create_new_trial(study_id, None) for _ in range(3)]
-    finally:
-        store.close()
+    ids = _new_trials(url, 3)
     engine = make_write_engine(url, 1)
     statement = Prepared(COUNT_IN, expanding=["ids"])
     try:
@@ -197,16 +197,20 @@ def test_a_killed_connection_is_invalidated_and_its_error_is_transient(
         engine.dispose()
 
 
-@pytest.mark.parametrize("server", SERVER_URLS)
-def test_a_refused_write_raises_sqlalchemys_error_and_keeps_the_connection(
-    server: str, request: pytest.FixtureRequest
-) -> None:
-    url = request.getfixturevalue(server)
+def _with_a_study_named_taken(url: str) -> str:
     store = Store(url)
     try:
         store.create_new_study([0], "taken")
     finally:
         store.close()
+    return url
+
+
+@pytest.mark.parametrize("server", SERVER_URLS)
+def test_a_refused_write_raises_sqlalchemys_error_and_keeps_the_connection(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    url = _with_a_study_named_taken(request.getfixturevalue(server))
     engine = make_write_engine(url, 1)
     statement = Prepared(insert(studies).values(study_name=bindparam("name")))
     try:
@@ -266,12 +270,7 @@ def test_many_rows_are_written_on_the_cursor_or_seen_by_listeners(
     """Without listeners the rows go on the driver's cursor; with them, as one
     executemany of the same rendered statement, which the listeners see."""
     url = request.getfixturevalue(server)
-    store = Store(url)
-    try:
-        study_id = store.create_new_study([0], "many")
-        ids = [store.create_new_trial(study_id, None) for _ in range(5)]
-    finally:
-        store.close()
+    ids = _new_trials(url, 5)
     engine = make_write_engine(url, 1)
     statement = Prepared(insert(trial_values), columns=list(_value_rows(ids, 0.0)[0]))
     seen: list[tuple[str, bool, int]] = []
@@ -323,12 +322,7 @@ def test_psycopg2_repeats_the_values_of_every_multi_row_insert() -> None:
 def test_a_refused_row_of_many_raises_sqlalchemys_error_and_writes_none(
     server: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue(server)
-    store = Store(url)
-    try:
-        store.create_new_study([0], "taken")
-    finally:
-        store.close()
+    url = _with_a_study_named_taken(request.getfixturevalue(server))
     engine = make_write_engine(url, 1)
     try:
         with engine.connect() as conn:
