@@ -14,10 +14,8 @@ import time
 from types import TracebackType
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bench.stats import percentile
+from shardproxy.health import ask_health
 
 INTERVAL = 0.5  # seconds from one check's end to the next one's start
 TIMEOUT = 60.0  # seconds a check may take before it counts as not answered
@@ -56,20 +54,9 @@ class HealthChecks:
     def _run(self) -> None:
         while not self._stop.wait(INTERVAL):
             started = time.monotonic()
-            outcome = self._check()
+            outcome = ask_health(self._target, TIMEOUT).name  # a new connection each
             if outcome == "SERVING":
                 self.seconds.append(time.monotonic() - started)
             else:
                 self.other[outcome] = self.other.get(outcome, 0) + 1
 
-    def _check(self) -> str:
-        # A channel of its own each time: a probe's new connection, which the kernel
-        # hands to any of the workers sharing the port.
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        with grpc.insecure_channel(self._target, options=options) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
-            except grpc.RpcError as exc:
-                return exc.code().name  # type: ignore[attr-defined, no-any-return]
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -32,7 +32,8 @@ worker per interval. A second thread judges the age of the last answer, so that
 a probe stuck in a connect that never returns still turns the worker NOT_SERVING,
 and looks at the handlers.
 
-`check_health` is the client side: `shardproxy check` and the tests call it.
+`ask_health` is the client side (`shardproxy check`, the benchmark's probes and the
+tests call it); `check_health` says in one line what it found.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -200,6 +202,57 @@ class Health:
         return ": health SERVING" if self._serving() and not self._stop.is_set() else ""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one health check came back with: the status the service answered, or
+    the gRPC code its call failed with, never both. `name` is either's name; UNKNOWN
+    is both a serving status and a gRPC code, so a caller that must tell them apart
+    looks at `code`."""
+
+    status: int | None = None  # a HealthCheckResponse.ServingStatus, when answered
+    code: grpc.StatusCode | None = None  # when the call failed
+    details: str = ""  # the failed call's own words
+
+    @property
+    def serving(self) -> bool:
+        return self.status == SERVING
+
+    @property
+    def name(self) -> str:
+        if self.code is not None:
+            return self.code.name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(self.status or 0)
+
+
+def ask_health(
+    target: str,
+    timeout: float,
+    service: str = health.OVERALL_HEALTH,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Answer:
+    """One Check of `service` at `target` ("host:port"), over TLS with `credentials`.
+
+    Each call dials a new connection, as a balancer's or Kubernetes' probe does: a
+    channel of its own with its own subchannels, so a closed port shows as one and
+    the kernel hands the connection to any of the workers sharing the port."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channel = (
+        grpc.insecure_channel(target, options=options)
+        if credentials is None
+        else grpc.secure_channel(target, credentials, options=options)
+    )
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call):
+                return Answer(code=exc.code(), details=exc.details() or "")
+            return Answer(code=grpc.StatusCode.UNKNOWN, details=str(exc))
+    return Answer(status=reply.status)
+
+
 def check_health(
     host: str,
     port: int,
@@ -210,27 +263,16 @@ def check_health(
     """(serving, one line saying what was found) from `host:port`'s health service;
     over TLS with `credentials`."""
     target = grpc_address(_dialable(host), port)
-    channel = (
-        grpc.insecure_channel(target)
-        if credentials is None
-        else grpc.secure_channel(target, credentials)
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return False, f"{target}: no answer within {timeout:g} s"
-            if code == grpc.StatusCode.NOT_FOUND:
-                return False, f"{target}: unknown service {service!r}"
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                return False, f"{target}: no gRPC health service there"
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            return False, f"{target}: unreachable ({details})"
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return reply.status == SERVING, f"{target} {service or '(overall)'}: {name}"
+    answer = ask_health(target, timeout, service, credentials)
+    if answer.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return False, f"{target}: no answer within {timeout:g} s"
+    if answer.code == grpc.StatusCode.NOT_FOUND:
+        return False, f"{target}: unknown service {service!r}"
+    if answer.code == grpc.StatusCode.UNIMPLEMENTED:
+        return False, f"{target}: no gRPC health service there"
+    if answer.code is not None:
+        return False, f"{target}: unreachable ({answer.details})"
+    return answer.serving, f"{target} {service or '(overall)'}: {answer.name}"
 
 
 def _dialable(host: str) -> str:

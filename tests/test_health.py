@@ -23,7 +23,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shardproxy.health import STUCK_AFTER
+from shardproxy.health import STUCK_AFTER, Answer, ask_health
+from shardproxy.ports import grpc_address
 from shardproxy.wire import SERVICE
 from tests.faults.dbserver import server_down
 from tests.proxies import free_port, proxy_client, running_workers
@@ -38,16 +39,7 @@ def health_status(
     port: int, service: str = "", host: str = "127.0.0.1", timeout: float = 10
 ) -> str:
     """The status name a fresh connection gets, or the gRPC code it failed with."""
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    # A channel of its own each time: a new connection, so a closed port shows.
-    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            return exc.code().name  # type: ignore[attr-defined, no-any-return]
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return ask_health(grpc_address(host, port), timeout, service).name
 
 
 def wait_for_status(port: int, wanted: str, timeout: float = BOUND) -> bool:
@@ -71,6 +63,24 @@ def test_every_worker_answers_for_itself_and_for_optunas_service(sqlite_url: str
             assert worker.health.servicer.Check(
                 health_pb2.HealthCheckRequest(service=SERVICE), None
             ).status == SERVING
+
+
+def test_an_answer_keeps_a_serving_status_apart_from_a_failed_calls_code(
+    sqlite_url: str,
+) -> None:
+    with running_workers(sqlite_url, workers=1) as (worker,):
+        answered = ask_health(f"127.0.0.1:{worker.port}", timeout=10)
+        assert (answered.status, answered.code, answered.serving) == (SERVING, None, True)
+    nobody = ask_health(f"127.0.0.1:{free_port()}", timeout=10)
+    assert (nobody.status, nobody.code, nobody.serving) == (
+        None, grpc.StatusCode.UNAVAILABLE, False
+    )
+    assert nobody.name == "UNAVAILABLE" and nobody.details
+    # UNKNOWN names a serving status (the health service's own) and a gRPC code.
+    unknown_status = Answer(status=health_pb2.HealthCheckResponse.UNKNOWN)
+    unknown_code = Answer(code=grpc.StatusCode.UNKNOWN)
+    assert unknown_status.name == unknown_code.name == "UNKNOWN"
+    assert (unknown_status.code, unknown_code.code) == (None, grpc.StatusCode.UNKNOWN)
 
 
 def test_a_draining_worker_says_not_serving_and_keeps_answering_meanwhile(
