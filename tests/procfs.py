@@ -13,3 +13,12 @@ def child_names(pid: int) -> dict[int, str]:
         with contextlib.suppress(FileNotFoundError):  # exited while we looked
             found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
     return found
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -27,11 +27,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_workers(url: str, workers: int = 1, **options: object) -> Iterator[list[Worker]]:
-    """Starts `workers` shardproxy workers on one port; stops them afterwards."""
-    options = {"drain_delay": 0.0, **options}  # no load balancer to tell, unless a test says
-    config = Config(storage_url=url, host="127.0.0.1", port=free_port(), workers=workers,
-                    threads=32, drain_timeout=5.0, **options)  # type: ignore[arg-type]
+def running_workers(
+    url: str, workers: int = 1, host: str = "127.0.0.1", **options: object
+) -> Iterator[list[Worker]]:
+    """Starts `workers` shardproxy workers on one port of `host` (as given on the
+    command line); stops them afterwards."""
+    # No load balancer to tell, unless a test says.
+    options = {"drain_delay": 0.0, "threads": 32, "drain_timeout": 5.0, **options}
+    config = Config(storage_url=url, host=host, port=free_port(), workers=workers,
+                    **options)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="shardproxy-test-") as sockets:
         paths = [str(Path(sockets) / f"shard-{i}.sock") for i in range(workers)]
         started: list[Worker] = []

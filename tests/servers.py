@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from typing import IO
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 from shardproxy.child import STANDBY_PROCESS_NAME
 from tests.procfs import child_names
@@ -94,3 +96,12 @@ def stop_process(process: subprocess.Popen, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def http_get(port: int, path: str, timeout: float = 60.0) -> tuple[int, str]:
+    """(status, body) of GET `path` on 127.0.0.1:`port` (an admin endpoint), errors too."""
+    try:
+        with urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return reply.status, reply.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()

@@ -7,15 +7,11 @@ clients, unmodified Optuna clients where the behaviour is theirs to see.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import optuna
@@ -25,7 +21,7 @@ from shardproxy.config import Config
 from shardproxy.health import check_health
 from shardproxy.ports import grpc_address
 from shardproxy.wire import SERVICE
-from shardproxy.worker import Shard, Worker, server_options
+from shardproxy.worker import Worker, server_options
 from tests.proxies import free_port, proxy_client, running_workers
 
 BOUND = 60.0  # every wait here ends; none of them is a speed claim
@@ -41,25 +37,6 @@ def _ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
-
-
-@contextlib.contextmanager
-def workers_on(url: str, host: str, workers: int = 1, **options: object) -> Iterator[list[Worker]]:
-    """Workers listening on `host` as given on the command line."""
-    config = Config(storage_url=url, host=host, port=free_port(), workers=workers,
-                    threads=8, drain_delay=0.0, **options)  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory(prefix="shardproxy-test-") as sockets:
-        paths = [str(Path(sockets) / f"shard-{i}.sock") for i in range(workers)]
-        started: list[Worker] = []
-        try:
-            for index in range(workers):
-                worker = Worker(config, Shard(index, workers, paths if workers > 1 else []))
-                worker.start()
-                started.append(worker)
-            yield started
-        finally:
-            for worker in started:
-                worker.stop(grace=5.0)
 
 
 def call_raw(port: int, method: str, request: bytes) -> grpc.StatusCode:
@@ -146,7 +123,7 @@ def test_grpc_addresses_put_ipv6_literals_in_brackets() -> None:
 @needs_ipv6
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_a_worker_serves_on_the_ipv6_loopback(sqlite_url: str, host: str) -> None:
-    with workers_on(sqlite_url, host) as (worker,):
+    with running_workers(sqlite_url, host=host, threads=8) as (worker,):
         assert check_health("::1", worker.port, timeout=10) == (
             True, f"[::1]:{worker.port} (overall): SERVING"
         )
@@ -157,7 +134,7 @@ def test_a_worker_serves_on_the_ipv6_loopback(sqlite_url: str, host: str) -> Non
 @needs_ipv6
 @pytest.mark.parametrize("host", ["::", "[::]", "0.0.0.0"])
 def test_workers_serve_on_every_address_of_a_wildcard(sqlite_url: str, host: str) -> None:
-    with workers_on(sqlite_url, host, workers=2) as workers:
+    with running_workers(sqlite_url, 2, host=host, threads=8) as workers:
         port = workers[0].port
         assert check_health("127.0.0.1", port, timeout=10)[0]
         if host != "0.0.0.0":  # the IPv6 wildcard takes IPv4 too (dual stack)

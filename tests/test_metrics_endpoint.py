@@ -12,8 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from urllib.error import HTTPError
-from urllib.request import urlopen
 
 import optuna
 import pytest
@@ -27,7 +25,7 @@ from shardproxy import __version__
 from shardproxy.metrics import FLUSH_INTERVAL
 from shardproxy.routing import owner_of
 from tests.proxies import free_port, proxy_client
-from tests.test_processes import serve
+from tests.servers import http_get, serve
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +38,6 @@ TRIAL_WRITES = ("CreateNewTrial", "SetTrialParameter", "SetTrialStateValues",
 EXTENSION_WRITES = ("CreateNewTrialOnce", "SetTrialStateValuesOnce")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urlopen(f"http://127.0.0.1:{port}{path}", timeout=BOUND) as reply:
-            return reply.status, reply.read().decode()
-    except HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def scrape(port: int) -> Samples:

@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError
-from urllib.request import urlopen
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardproxy.child import EXIT_BOOT_FAILURE, STANDBY_PROCESS_NAME, WorkerSpec
 from shardproxy.ports import PortInUseError, ensure_port_free
 from shardproxy.supervisor import Supervisor
-from tests.procfs import child_names
+from tests.procfs import child_names, process_gone
+from tests.servers import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 60.0  # every wait in these tests ends; none of them is a speed claim
@@ -166,15 +165,6 @@ def ask(port: int, line: str) -> str:
             return stream.readline().strip()
 
 
-def process_gone(pid: int) -> bool:
-    """No such process, or only a zombie waiting for a reaper."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + BOUND
     while not condition():
@@ -187,15 +177,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body) of GET `path` on the admin endpoint."""
-    try:
-        with urlopen(f"http://127.0.0.1:{port}{path}", timeout=BOUND) as reply:
-            return reply.status, reply.read().decode()
-    except HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def admin_answers(port: int) -> bool:

@@ -24,7 +24,6 @@ import collections
 import os
 import signal
 import time
-from pathlib import Path
 from urllib.request import urlopen
 
 import optuna
@@ -33,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shardproxy.child import STANDBY_PROCESS_NAME
 from shardproxy.routing import owner_of
-from tests.procfs import child_names
+from tests.procfs import child_names, process_gone
 from tests.proxies import free_port, proxy_client
 from tests.test_processes import children_by_name, serve, standby_prepared, wait_until
 from tests.test_worker_kill import (
@@ -101,14 +100,6 @@ def collect_reports(clients: list[Client]) -> None:
         report = receive(client, 60)
         assert isinstance(report, ClientReport), report
         client.report = report
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.mark.parametrize("fault", ["sigstop", "blocked-handlers"])
