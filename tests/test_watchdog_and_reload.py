@@ -24,7 +24,6 @@ import collections
 import os
 import signal
 import time
-from urllib.request import urlopen
 
 import optuna
 import pytest
@@ -34,6 +33,7 @@ from shardproxy.child import STANDBY_PROCESS_NAME
 from shardproxy.routing import owner_of
 from tests.procfs import child_names, process_gone
 from tests.proxies import free_port, proxy_client
+from tests.servers import http_get
 from tests.test_processes import children_by_name, serve, standby_prepared, wait_until
 from tests.test_worker_kill import (
     Client,
@@ -59,8 +59,8 @@ AFTER = 3.0
 
 
 def restarts(admin: int) -> dict[str, float]:
-    with urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=60) as reply:
-        text = reply.read().decode()
+    status, text = http_get(admin, "/metrics")
+    assert status == 200, text
     return {
         sample.labels["cause"]: sample.value
         for family in text_string_to_metric_families(text)
