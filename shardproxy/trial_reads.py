@@ -35,13 +35,12 @@ MAX_BATCH = 256
 
 
 class _Read:
-    __slots__ = ("trial_id", "row", "error", "done")
+    __slots__ = ("trial_id", "row", "error")
 
     def __init__(self, trial_id: int) -> None:
         self.trial_id = trial_id
         self.row: TrialRow | None = None
         self.error: BaseException | None = None
-        self.done = False
 
 
 class TrialReads:
@@ -52,19 +51,32 @@ class TrialReads:
         self._load = load
         self._on_batch = on_batch
         self._max_batch = max_batch
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        # A read waits on the condition of its batch's number's parity, as the
+        # cache's syncs do: a batch that ends wakes its own reads and one read of
+        # the next batch to run it, not every queued read (most of which would
+        # only wait again). With more than a batch queued, the reads two batches
+        # on share the parity and wake to wait again: rare, and still correct.
+        self._batch_done = (threading.Condition(self._lock),
+                            threading.Condition(self._lock))
         self._queue: list[_Read] = []  # arrived, not yet in a batch
+        self._batches_started = 0
+        self._batches_finished = 0
         self._running = False
 
     def read(self, trial_id: int) -> TrialRow | None:
         """The trial as a batch that started after this call read it; None if it
         does not exist. Raises whatever the database raised for that batch."""
         read = _Read(trial_id)
-        with self._changed:
+        with self._lock:
+            # The queue is served from its front, max_batch at a time, so the
+            # batch that takes this read is known as it arrives.
+            needed = self._batches_started + 1 + len(self._queue) // self._max_batch
+            done = self._batch_done[needed % 2]
             self._queue.append(read)
-            while not read.done:
+            while self._batches_finished < needed:
                 if self._running:
-                    self._changed.wait()
+                    done.wait()
                 else:
                     self._run_batch()
         if read.error is not None:
@@ -76,7 +88,9 @@ class TrialReads:
         batch = self._queue[:self._max_batch]
         del self._queue[:self._max_batch]
         self._running = True
-        self._changed.release()
+        self._batches_started += 1
+        number = self._batches_started
+        self._lock.release()
         rows: dict[int, TrialRow] = {}
         error: BaseException | None = None
         try:
@@ -87,10 +101,12 @@ class TrialReads:
         except BaseException as exc:  # handed to every read of the batch
             error = exc
         finally:
-            self._changed.acquire()
+            self._lock.acquire()
             for read in batch:
                 read.row = rows.get(read.trial_id)
                 read.error = error
-                read.done = True
             self._running = False
-            self._changed.notify_all()
+            self._batches_finished = number
+            self._batch_done[number % 2].notify_all()
+            if self._queue:
+                self._batch_done[(number + 1) % 2].notify()

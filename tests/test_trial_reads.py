@@ -9,6 +9,7 @@ conformance suite (tests/test_conformance.py) and tests/test_metrics_endpoint.py
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -104,6 +105,50 @@ def test_reads_arriving_during_a_batch_share_the_next_one_which_sees_later_write
     assert first.row == trial(1, RUNNING)
     assert [r.row for r in later] == [trial(2, COMPLETE, 5.0), trial(3, RUNNING),
                                       trial(2, COMPLETE, 5.0)]
+
+
+class CountedWakeUps(threading.Condition):
+    """A condition that counts the waits it ends."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.wake_ups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wake_ups += 1
+        return woken
+
+
+def test_a_batch_that_ends_wakes_its_own_reads_and_one_of_the_next_not_every_queued_read(
+) -> None:
+    """Five reads queue behind a batch: one of them is woken to run the next batch
+    and the other four when it ends, once each. Woken by the first batch's end as
+    well, the four would wake during the next batch's load and wait again: nine."""
+    table = Table(*(trial(i, RUNNING) for i in range(1, 7)))
+    reads = TrialReads(table.load)
+    counted = (CountedWakeUps(reads._lock), CountedWakeUps(reads._lock))  # noqa: SLF001
+    reads._batch_done = counted  # noqa: SLF001
+    first_batch = table.hold = threading.Event()
+    readers = [Reader(reads, 1)]
+    readers[0].start()
+    assert wait_until(lambda: len(table.loads) == 1)
+    readers += [Reader(reads, trial_id) for trial_id in range(2, 7)]
+    for reader in readers[1:]:
+        reader.start()
+    assert wait_until(lambda: len(reads._queue) == 5)  # noqa: SLF001
+    second_batch = table.hold = threading.Event()
+    first_batch.set()
+    assert wait_until(lambda: len(table.loads) == 2)
+    time.sleep(0.1)  # time for reads woken in vain to wake, while the batch is held
+    table.hold = None
+    second_batch.set()
+    for reader in readers:
+        reader.join(10)
+
+    assert [r.row for r in readers] == [trial(i, RUNNING) for i in range(1, 7)]
+    assert table.loads == [[1], [2, 3, 4, 5, 6]]
+    assert sum(c.wake_ups for c in counted) == 5
 
 
 def test_a_long_queue_is_served_in_batches_of_at_most_max_batch() -> None:
