@@ -30,8 +30,8 @@ from optuna.trial import TrialState
 import shardproxy.client.retrying
 from shardproxy.client import GrpcStorageProxy
 from shardproxy.worker import DIE_AFTER_COMMIT
+from tests.servers import children_by_name, serve, wait_until
 from tests.test_client import client
-from tests.test_processes import children_by_name, serve, wait_until
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 WORKERS = 2

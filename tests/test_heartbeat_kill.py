@@ -28,7 +28,7 @@ from optuna.storages._base import BaseStorage
 from optuna.trial import TrialState
 
 from shardproxy.client import GrpcStorageProxy
-from tests.test_processes import serve, wait_until
+from tests.servers import serve, wait_until
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 INTERVAL, GRACE = 1, 2

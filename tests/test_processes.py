@@ -23,8 +23,6 @@ from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
 from tests.proxies import proxy_client
-
-# Other test modules import these from here too.
 from tests.servers import children_by_name, serve, standby_prepared, wait_until
 
 pytestmark = pytest.mark.slow

@@ -33,8 +33,7 @@ from shardproxy.child import STANDBY_PROCESS_NAME
 from shardproxy.routing import owner_of
 from tests.procfs import child_names, process_gone
 from tests.proxies import free_port, proxy_client
-from tests.servers import http_get
-from tests.test_processes import children_by_name, serve, standby_prepared, wait_until
+from tests.servers import children_by_name, http_get, serve, standby_prepared, wait_until
 from tests.test_worker_kill import (
     Client,
     ClientReport,
