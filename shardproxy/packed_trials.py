@@ -94,6 +94,14 @@ class PackedTrials:
         found = self._find(trial_id)
         return None if found is None else found[0].frame(found[1])
 
+    def any_between(self, low: int, high: int) -> bool:
+        """Whether a trial with low < id < high is here."""
+        index = bisect_right(self._last_ids, low)
+        if index == len(self._leaves):
+            return False
+        ids = self._leaves[index].ids  # its last id is above low: the first such is here
+        return ids[bisect_right(ids, low)] < high
+
     def frames_between(self, low: int, high: int | None, out: list[Buffer]) -> None:
         """Appends to `out` the frames of the trials with low < id < high (no upper
         bound if `high` is None), in id order: one buffer per leaf touched."""

@@ -529,8 +529,11 @@ def test_trials_that_finish_out_of_order_are_served_in_id_order() -> None:
         expected = [codec.encode_trial(table.rows[i]) for i in sorted(table.rows)]
         assert cache.trials_reply([], -1) == codec.encode_trials_reply(expected)
         middle = next_id // 2
-        assert reply_ids(cache.trials_reply(sorted(running), middle)) == sorted(
-            {i for i in running if i <= middle} | {i for i in table.rows if i > middle})
+        delta = sorted({i for i in running if i <= middle} | {i for i in table.rows if i > middle})
+        # Runs of trials held on their own, between packed ones, framed as one each.
+        expected = [codec.encode_trial(table.rows[i]) for i in delta]
+        assert cache.trials_reply(sorted(running), middle) == codec.encode_trials_reply(expected)
+        assert cache.trials_bytes(sorted(running), middle) == expected
     assert len(cache._packed) > PACK_AFTER  # noqa: SLF001
     assert all(cache.finished_trial_bytes(i) == codec.encode_trial(table.rows[i])
                for i in table.rows if i not in running)

@@ -38,6 +38,8 @@ def test_packed_trials_answer_as_a_dict_of_encodings_does(
         low = rng.randint(-1, top + 16)
         high = rng.choice([None, low + rng.randint(1, 40)])
         wanted = [held[i] for i in sorted(held) if i > low and (high is None or i < high)]
+        if high is not None:
+            assert packed.any_between(low, high) == bool(wanted)
         frames: list[packed_trials.Buffer] = []
         packed.frames_between(low, high, frames)
         assert b"".join(frames) == codec.encode_trials_reply(wanted)
