@@ -239,8 +239,9 @@ class StudyCache:
         the lock.
 
         Runs, not one call per trial: a client's delta under load holds thousands
-        of unfinished trials, most of them next to each other by id, and a call
-        and a frame per trial were a fifth of a worker's CPU there."""
+        of unfinished trials, most of them next to each other by id, and building
+        such replies a trial at a time was a fifth of a worker's CPU there
+        (`bench/results/overload-queue.md`, What the replies cost)."""
         packed = self._packed
         run: list[bytes] = []
         for trial_id in sorted({i for i in included_ids if i <= id_greater_than}):
