@@ -240,7 +240,7 @@ class StudyCache:
 
         Runs, not one call per trial: a client's delta under load holds thousands
         of unfinished trials, most of them next to each other by id, and building
-        such replies a trial at a time was a fifth of a worker's CPU there
+        such replies a trial at a time took a quarter of a worker's CPU there
         (`bench/results/overload-queue.md`, What the replies cost)."""
         packed = self._packed
         run: list[bytes] = []
