@@ -62,7 +62,11 @@ class TrialReads:
         self._queue: list[_Read] = []  # arrived, not yet in a batch
         self._batches_started = 0
         self._batches_finished = 0
-        self._running = False
+
+    @property
+    def _running(self) -> bool:
+        """Whether a batch runs: one at a time, so one started and not finished."""
+        return self._batches_started > self._batches_finished
 
     def read(self, trial_id: int) -> TrialRow | None:
         """The trial as a batch that started after this call read it; None if it
@@ -87,7 +91,6 @@ class TrialReads:
         """Runs the queue's first batch; called and returns with the lock held."""
         batch = self._queue[:self._max_batch]
         del self._queue[:self._max_batch]
-        self._running = True
         self._batches_started += 1
         number = self._batches_started
         self._lock.release()
@@ -105,7 +108,6 @@ class TrialReads:
             for read in batch:
                 read.row = rows.get(read.trial_id)
                 read.error = error
-            self._running = False
             self._batches_finished = number
             self._batch_done[number % 2].notify_all()
             if self._queue:
