@@ -11,6 +11,8 @@ locking to hold:
 - MySQL/MariaDB: READ COMMITTED, so that a count taken after a `FOR UPDATE` lock
   sees every trial committed before the lock was granted.
 - PostgreSQL: its default, READ COMMITTED.
+
+On PostgreSQL every connection also turns JIT compilation off (`_without_jit`).
 - SQLite: `BEGIN IMMEDIATE`, so that a write transaction holds the file's write
   lock from its first statement: SQLite has no `FOR UPDATE`, and a deferred
   transaction would read before it locks. Processes wait for each other through
@@ -50,13 +52,13 @@ def make_read_engine(url: str, pool_size: int) -> Engine:
     parsed = driver_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, immediate=False)
-    return sqlalchemy.create_engine(
+    return _without_jit(sqlalchemy.create_engine(
         parsed,
         isolation_level="AUTOCOMMIT",
         skip_autocommit_rollback=True,
         pool_reset_on_return=None,
         **_pool_options(pool_size),
-    )
+    ))
 
 
 @contextlib.contextmanager
@@ -85,7 +87,39 @@ def make_write_engine(url: str, pool_size: int) -> Engine:
     options: dict[str, Any] = _pool_options(pool_size + 1)
     if backend == "mysql":
         options["isolation_level"] = "READ COMMITTED"
-    return sqlalchemy.create_engine(parsed, **options)
+    return _without_jit(sqlalchemy.create_engine(parsed, **options))
+
+
+# Where the server has no `jit` setting (before PostgreSQL 11) this sets nothing.
+_JIT_OFF = ("SELECT set_config('jit', 'off', false) "
+            "WHERE current_setting('jit', true) IS NOT NULL")
+
+
+def _without_jit(engine: Engine) -> Engine:
+    """The engine, whose PostgreSQL connections never compile a statement to machine code.
+
+    PostgreSQL JIT-compiles a statement whose estimated cost passes `jit_above_cost`
+    (on by default since PostgreSQL 12), and the compiling is paid on every run:
+    statements are planned each time. The store's statements are lookups by index
+    that return few rows, but their estimates grow with the tables where the
+    statistics are missing or stale (autovacuum gathers them again only after a
+    tenth of a table changed): a delta sync of 8 trials on a never-analyzed table
+    of 100 000 trials took 16 ms with JIT against 0.8 ms without, 198–233 ms
+    against 0.7 ms at 200 000 (`bench/results/jit.md`). A study's first read, the
+    one large statement, took as long either way there."""
+    if engine.dialect.name != "postgresql":
+        return engine
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _jit_off(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(_JIT_OFF)
+        cursor.close()
+        # A session setting outlives the transaction that set it: end that
+        # transaction, so the connection is handed out as the pool expects it.
+        dbapi_connection.commit()
+
+    return engine
 
 
 def _pool_options(pool_size: int) -> dict[str, Any]:
