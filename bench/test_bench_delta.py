@@ -1,10 +1,11 @@
 """A delta GetTrials at the server, against study size: shardproxy's owner and Optuna's servicer.
 
 Run (needs MariaDB at 127.0.0.1:3306, user root without a password, and PostgreSQL at
-127.0.0.1:5432, user postgres; a database that does not answer is skipped):
+127.0.0.1:5432, user postgres; a database that does not answer is skipped; SQLite's
+is a file of its own):
     pytest bench/test_bench_delta.py --benchmark-only \
         --benchmark-json bench/results/delta.json -p no:cacheprovider
-(`-k mariadb` or `-k postgres` runs one database.)
+(`-k mariadb`, `-k postgres` or `-k sqlite` runs one database.)
 
 On each database, for each study size (1 000, 10 000 and 100 000 finished trials of one float
 parameter, bulk-inserted into a fresh database once per size, then 8 RUNNING trials
@@ -52,7 +53,7 @@ from shardproxy.worker import Worker
 
 pb: Any = api_pb2
 SIZES = (1_000, 10_000, 100_000)
-BACKENDS = ("mariadb", "postgres")
+BACKENDS = ("mariadb", "postgres", "sqlite")
 RUNNING = 8  # live workers, each holding one unfinished trial
 PARAM_NAMES = ("x",)  # the seed scenario's one float parameter
 BUDGET_SECONDS = 3.0  # per case: the machine is shared, keep the runs short
@@ -101,8 +102,11 @@ def _say(request: pytest.FixtureRequest, text: str) -> None:
         print(text, flush=True)
 
 
-def _server(backend: str) -> str:
-    """The server URL, or a skip: this is a benchmark, and needs its database."""
+def _server(backend: str) -> str | None:
+    """The server URL (None for SQLite, which needs none), or a skip: this is a
+    benchmark, and needs its database."""
+    if backend == "sqlite":
+        return None
     server = SERVERS[backend]
     admin = {"mariadb": "test", "postgres": "postgres"}[backend]
     engine = sqlalchemy.create_engine(

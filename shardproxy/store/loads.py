@@ -93,7 +93,7 @@ def load_trials(
     (on PostgreSQL it picks the cheaper way to find the newer ones, see `newer`).
     """
     postgresql = conn.dialect.name == "postgresql"
-    loads = _LOADS[postgresql]
+    loads = _loads_of(conn)
     older = sorted(i for i in set(ids) if i <= id_greater_than)
     parts = chunks(older, MAX_IN_LIST) or [[]]
     params: dict[str, Any] = {"sid": study_id, "gt": id_greater_than}
@@ -136,7 +136,7 @@ class StudyStream:
 
     def __init__(self, conn: Connection, study_id: int) -> None:
         self._assembly = _Assembly()
-        whole_study = _LOADS[conn.dialect.name == "postgresql"].whole_study
+        whole_study = _loads_of(conn).whole_study
         self._fetched = whole_study.stream(conn, {"sid": study_id}, STREAM_FETCH)
         self.rows = self._assembly.rows(self._fetched)
 
@@ -162,7 +162,7 @@ def load_trials_by_id(conn: Connection, ids: Sequence[int]) -> list[TrialRow]:
     """
     rows: list[TrialRow] = []
     for part in chunks(sorted(set(ids)), MAX_IN_LIST):
-        rows.extend(_assemble(_LOADS[conn.dialect.name == "postgresql"].by_id.execute(
+        rows.extend(_assemble(_loads_of(conn).by_id.execute(
             conn, {"ids": list(part)}))[0])
     return rows
 
@@ -251,12 +251,13 @@ def _union(wanted: Select, with_study: bool, lookup: Lookup) -> Any:
             return select(*_columns(*values)).where(table.c.trial_id == any_(ids))
     else:
         subquery = wanted.scalar_subquery()
-        wanted_where = wanted.whereclause
-        assert wanted_where is not None
+        # The trial rows themselves are the wanted ones' own, where `wanted` is one
+        # SELECT of trials: no self-join (on SQLite it can be a UNION, `newer`).
+        wanted_where = wanted.whereclause if wanted.get_final_froms() == [trials] else None
 
         def select_of(table: Any, *values: Any) -> Select:
-            # The trial rows themselves are the wanted ones' own: no self-join.
-            found = wanted_where if table is trials else table.c.trial_id.in_(subquery)
+            found = (wanted_where if table is trials and wanted_where is not None
+                     else table.c.trial_id.in_(subquery))
             return select(*_columns(*values)).where(found)
 
     def child(kind: int, table: Any, order: Any, text: Any, number: Any, json: Any) -> Select:
@@ -369,8 +370,10 @@ class _Loads:
     by_id: Prepared  # trials of any study, by id
 
 
-def _loads(postgresql: bool) -> _Loads:
-    dialect = "postgresql" if postgresql else "default"
+def _loads(dialect: str) -> _Loads:
+    """The loads of a family of backends: "postgresql", "sqlite" or "default"
+    (MySQL/MariaDB), which differ in how they find a study's newer trials (`newer`)."""
+    postgresql = dialect == "postgresql"
     study: Any = bindparam("sid")
     gt: Any = bindparam("gt")
     listed: Any = bindparam("ids", expanding=True)
@@ -404,4 +407,9 @@ def _loads(postgresql: bool) -> _Loads:
     )
 
 
-_LOADS = {False: _loads(postgresql=False), True: _loads(postgresql=True)}
+_LOADS = {dialect: _loads(dialect) for dialect in ("postgresql", "sqlite", "default")}
+
+
+def _loads_of(conn: Connection) -> _Loads:
+    name = conn.dialect.name
+    return _LOADS[name if name in _LOADS else "default"]
