@@ -27,6 +27,12 @@ in, reply bytes out.
   `get_all_trials(study_id)` and filters the whole study in Python; bare RDBStorage
   also loads the whole study from the database on every call.
 
+The same studies time the owner's answer to a heartbeat client's GetStaleTrialIds
+(`shardproxy.client` asks it before every trial of a study with heartbeats on),
+every trial with a heartbeat row as such workers leave them, against RDBStorage's
+`_get_stale_trial_ids`, which a direct user of the database pays instead (the
+stock proxy has no such call).
+
 Wall time per call comes from pytest-benchmark (one call per round; the number of
 rounds is fitted to a time budget from a probe, at least MIN_ROUNDS). CPU per
 call is this process's `time.process_time` over the rounds (the server side only,
@@ -161,7 +167,21 @@ def study(request: pytest.FixtureRequest) -> Iterator[Study]:
         seconds = time.perf_counter() - started
         _say(request, f"\n{backend}: prefilled {size} finished trials in {seconds:.1f} s")
         running = _start_running_trials(db.url, study_id, RUNNING)
+        _beat_every_trial(db.url)
         yield Study(db.url, backend, study_id, size, last_finished, running, seconds)
+
+
+def _beat_every_trial(url: str) -> None:
+    """A heartbeat row for every trial, as workers with heartbeats leave them
+    (RDBStorage keeps a finished trial's), beaten now: none is stale."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(
+                "INSERT INTO trial_heartbeats (trial_id, heartbeat) "
+                "SELECT trial_id, CURRENT_TIMESTAMP FROM trials"))
+    finally:
+        engine.dispose()
 
 
 # -- the systems, each a bytes-to-bytes call ---------------------------------------------
@@ -317,3 +337,60 @@ def test_delta_stock_get_storage(
 
 def test_delta_stock_rdbstorage(benchmark: Any, study: Study, stock_rdb_call: GetTrials) -> None:
     measure(benchmark, "stock (RDBStorage)", study, stock_rdb_call)
+
+
+# -- stale trials ------------------------------------------------------------------------
+
+STALE_GRACE = 3600.0  # seconds: none of the study's trials is stale
+
+
+def _measure_stale(benchmark: Any, system: str, study: Study, stale: Callable[[], list[int]],
+                   ) -> None:
+    """Times the stale-trial ids of the study (none), warmed by one call."""
+    assert stale() == []
+    probe_seconds, _ = _probe(lambda: bytes(stale()))
+    rounds = _rounds_for(probe_seconds)
+    benchmark.group = f"stale trials, {study.backend}, {study.size} trials"
+    cpu = time.process_time()
+    benchmark.pedantic(stale, rounds=rounds, warmup_rounds=1)
+    cpu_ms = (time.process_time() - cpu) / (rounds + 1) * 1000
+    mean_ms = benchmark.stats.stats.mean * 1000
+    MEASURED[(f"stale {system}", study.backend, study.size)] = (mean_ms, cpu_ms)
+    benchmark.extra_info.update(
+        system=system, call="stale trials", database=study.backend, trials=study.size,
+        running_trials=RUNNING, rounds=rounds, wall_ms_per_call=mean_ms,
+        median_ms_per_call=benchmark.stats.stats.median * 1000, cpu_ms_per_call=cpu_ms,
+    )
+    print(f"\nstale trials, {system} on {study.backend} at {study.size} trials: "
+          f"{mean_ms:.3f} ms/call, CPU {cpu_ms:.3f} ms/call")
+
+
+def test_stale_shardproxy(benchmark: Any, study: Study) -> None:
+    from shardproxy.extension_wire import (
+        EXTENSION_INDEX,
+        decode_stale_reply,
+        encode_stale_request,
+    )
+
+    worker = _owner_worker(study.url)
+    request = encode_stale_request(study.study_id, STALE_GRACE)
+    index = EXTENSION_INDEX["GetStaleTrialIds"]
+    try:
+        # The owner caches the study, as the heartbeat client's own GetTrials make it.
+        worker.front.handle(GET_TRIALS, study.full_request())
+        _measure_stale(benchmark, "shardproxy", study,
+                       lambda: decode_stale_reply(worker.front.handle(index, request)))
+    finally:
+        worker.store.close()
+
+
+def test_stale_rdbstorage(benchmark: Any, study: Study) -> None:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(study.url, heartbeat_interval=60,
+                                         grace_period=int(STALE_GRACE))
+    try:
+        _measure_stale(benchmark, "RDBStorage", study,
+                       lambda: storage._get_stale_trial_ids(study.study_id))
+    finally:
+        storage.engine.dispose()

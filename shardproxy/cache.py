@@ -209,6 +209,11 @@ class StudyCache:
             )
         return result
 
+    def unfinished_ids(self) -> list[int]:
+        """The ids of the trials the cache holds unfinished, as its last sync saw them."""
+        with self._lock:
+            return list(self._unfinished)
+
     def trial_bytes(self, trial_id: int) -> bytes | None:
         with self._lock:
             encoded = self._loose_encoded(trial_id)

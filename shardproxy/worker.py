@@ -157,7 +157,8 @@ class Worker:
             self.metrics,
             read_timeout=config.retry_deadline + FORWARDED_READ_MARGIN,
             room=self.room,
-            extension=ClientExtension(store, _die_after_commit if config.fault_hooks else None),
+            extension=ClientExtension(store, self.caches,
+                                      _die_after_commit if config.fault_hooks else None),
         )
         self._forward_server: ForwardServer | None = None
         self._server = self._make_grpc_server()

@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._grpc.auto_generated import api_pb2
 from optuna.trial import TrialState
 
+from shardproxy import extension
 from shardproxy.extension_wire import (
     decode_stale_reply,
     encode_heartbeat_request,
@@ -138,6 +139,81 @@ def test_a_finished_trial_is_not_stale(url: str, server: int, channel: grpc.Chan
     assert decode_stale_reply(
         call(channel, "GetStaleTrialIds", encode_stale_request(study_id, 1.0))
     ) == []
+
+
+@pytest.mark.parametrize("read_whole_below", [0, extension.READ_WHOLE_BELOW],
+                         ids=["among-the-synced-unfinished", "reading-the-study"])
+def test_trials_written_since_the_owners_last_sync_are_found_stale_and_no_others(
+    url: str, server: int, channel: grpc.Channel, read_whole_below: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large study's owner looks among the unfinished trials its sync finds (here
+    every study counts as large, or none does): a trial another writer created
+    after the owner last synced the study, and one the owner saw RUNNING that
+    another writer finished, are judged as RDBStorage judges them."""
+    monkeypatch.setattr(extension, "READ_WHOLE_BELOW", read_whole_below)
+    ((study_id, trials),) = new_studies(server, 1)
+    with proxy_client(server) as client:  # the owner caches the study
+        assert len(client.get_all_trials(study_id)) == 2
+    grace = 1.0
+
+    def proxy_stale() -> list[int]:
+        return decode_stale_reply(
+            call(channel, "GetStaleTrialIds", encode_stale_request(study_id, grace)))
+
+    for trial_id in trials:
+        call(channel, "RecordHeartbeat", encode_heartbeat_request(trial_id))
+    assert proxy_stale() == []  # the owner has synced the study
+    rdb = RDBStorage(url, heartbeat_interval=1, grace_period=int(grace))
+    try:
+        unseen = rdb.create_new_trial(study_id)
+        rdb.record_heartbeat(unseen)
+        rdb.set_trial_state_values(trials[1], TrialState.FAIL)
+        time.sleep(grace + 1.5)  # past the grace period, by any clock with a one-second step
+        assert proxy_stale() == sorted([trials[0], unseen])
+        assert sorted(rdb._get_stale_trial_ids(study_id)) == proxy_stale()
+    finally:
+        rdb.remove_session()
+        rdb.engine.dispose()
+
+
+def test_the_stale_trials_are_looked_up_by_id_not_read_from_the_study(sqlite_url: str) -> None:
+    """Among the listed trials the read costs O(those trials): on SQLite's plan, each
+    looked up by its id, not a search of the study's index by the study alone
+    (O(study): 7.7 ms at 100 000 trials). Listed trials that are finished, or of
+    another study, are not stale."""
+    store = Store(sqlite_url)
+    try:
+        study_id = store.create_new_study([1], "stale")
+        other_id = store.create_new_study([1], "other")
+        running = [store.create_new_trial(study_id, None) for _ in range(3)]
+        other = store.create_new_trial(other_id, None)
+        store.set_trial_state_values(running[2], 1, [1.0])  # COMPLETE
+        engine = sqlalchemy.create_engine(sqlite_url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, "
+                    "'2000-01-01 00:00:00' FROM trials")
+        finally:
+            engine.dispose()
+        sent: list[tuple[str, object]] = []
+        sqlalchemy.event.listen(
+            store._reader, "before_cursor_execute",  # noqa: SLF001
+            lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+        assert store.stale_trial_ids(study_id, 60.0, among=[*running, other]) == running[:2]
+        assert store.stale_trial_ids(study_id, 60.0) == running[:2]
+        (listed, listed_params), _whole = sent
+        with store._reader.connect() as conn:  # noqa: SLF001
+            plan = [row[-1] for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + listed, listed_params)]
+        trial_steps = [step for step in plan if " trials " in f" {step} "]
+        assert trial_steps and all("rowid=" in step for step in trial_steps), plan
+        sent.clear()
+        assert store.stale_trial_ids(study_id, 60.0, among=[]) == []
+        assert sent == []  # nothing listed: no statement
+    finally:
+        store.close()
 
 
 def test_bad_input_is_refused_and_changes_nothing(

@@ -284,8 +284,12 @@ class Store:
         # The committer carries any operation its apply_batch takes (`extended`).
         self._committer.submit(heartbeats.RecordHeartbeat(trial_id))  # type: ignore[arg-type]
 
-    def stale_trial_ids(self, study_id: int, grace_period: float) -> list[int]:
-        return self._read(lambda conn: heartbeats.stale_trial_ids(conn, study_id, grace_period))
+    def stale_trial_ids(
+        self, study_id: int, grace_period: float, among: Sequence[int] | None = None
+    ) -> list[int]:
+        """See `heartbeats.stale_trial_ids`."""
+        return self._read(
+            lambda conn: heartbeats.stale_trial_ids(conn, study_id, grace_period, among))
 
     def create_new_trial_once(
         self, study_id: int, template: TrialRow | None, key: str, repeated: bool
