@@ -4,9 +4,9 @@ Like `service` for Optuna's 19 RPCs: the front decoded the request and found its
 study, which this worker owns. Heartbeats and the keyed ("Once") writes go to the
 store's group commit; stale trials are read from the database, whose clock
 decides, as RDBStorage's does. Optuna asks for them before every trial: in a
-study of more than READ_WHOLE_BELOW trials they are looked up among its unfinished
-trials as a sync of its cache finds them, rather than by reading the study, O(study)
-each time.
+study the cache holds READ_WHOLE_BELOW trials or more of, they are looked up among
+its unfinished trials as a sync of the cache finds them, rather than by reading
+the study, O(study) each time.
 
 A keyed write is applied at most once per key (see `store.request_keys`). A
 repeat that arrives while the first call with its key is still in this worker
@@ -135,7 +135,9 @@ class ClientExtension:
         return b""
 
     def _get_stale_trial_ids(self, study_id: int, grace_period: float) -> bytes:
-        if not self._caches.holds(study_id) or len(self._caches.get(study_id)) < READ_WHOLE_BELOW:
+        small = (not self._caches.holds(study_id)
+                 or len(self._caches.get(study_id)) < READ_WHOLE_BELOW)
+        if small:  # or not cached here: reading the study is one statement
             return encode_stale_reply(self._store.stale_trial_ids(study_id, grace_period))
         # A sync that started after this call: every trial RUNNING before it is
         # among the unfinished ones it leaves (trials committed after it have just

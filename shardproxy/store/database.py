@@ -11,12 +11,13 @@ locking to hold:
 - MySQL/MariaDB: READ COMMITTED, so that a count taken after a `FOR UPDATE` lock
   sees every trial committed before the lock was granted.
 - PostgreSQL: its default, READ COMMITTED.
-
-On PostgreSQL every connection also turns JIT compilation off (`_without_jit`).
 - SQLite: `BEGIN IMMEDIATE`, so that a write transaction holds the file's write
   lock from its first statement: SQLite has no `FOR UPDATE`, and a deferred
   transaction would read before it locks. Processes wait for each other through
   the busy timeout, and the store retries "database is locked" past it.
+
+On PostgreSQL every connection of both pools also turns JIT compilation off
+(`_without_jit`).
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def _without_jit(engine: Engine) -> Engine:
     that return few rows, but their estimates grow with the tables where the
     statistics are missing or stale (autovacuum gathers them again only after a
     tenth of a table changed): a delta sync of 8 trials on a never-analyzed table
-    of 100 000 trials took 16 ms with JIT against 0.8 ms without, 198–233 ms
-    against 0.7 ms at 200 000 (`bench/results/jit.md`). A study's first read, the
-    one large statement, took as long either way there."""
+    of 100 000 trials took 16 ms with JIT against 0.8 ms without, 193 ms against
+    0.9 ms at 200 000 (`bench/results/jit.md`). A study's first read, the one
+    large statement, took as long either way there."""
     if engine.dialect.name != "postgresql":
         return engine
 
