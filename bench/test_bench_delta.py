@@ -31,7 +31,9 @@ The same studies time the owner's answer to a heartbeat client's GetStaleTrialId
 (`shardproxy.client` asks it before every trial of a study with heartbeats on),
 every trial with a heartbeat row as such workers leave them, against RDBStorage's
 `_get_stale_trial_ids`, which a direct user of the database pays instead (the
-stock proxy has no such call).
+stock proxy has no such call); and its answer to GetTrialIdFromStudyIdTrialNumber
+(`study.tell(number, ...)` asks it) against RDBStorage's, for a finished trial in
+the middle of the study. The owner has cached the study with a full GetTrials.
 
 Wall time per call comes from pytest-benchmark (one call per round; the number of
 rounds is fitted to a time budget from a probe, at least MIN_ROUNDS). CPU per
@@ -339,49 +341,59 @@ def test_delta_stock_rdbstorage(benchmark: Any, study: Study, stock_rdb_call: Ge
     measure(benchmark, "stock (RDBStorage)", study, stock_rdb_call)
 
 
-# -- stale trials ------------------------------------------------------------------------
+# -- stale trials, and a trial's id by its number ---------------------------------------
 
 STALE_GRACE = 3600.0  # seconds: none of the study's trials is stale
 
 
-def _measure_stale(benchmark: Any, system: str, study: Study, stale: Callable[[], list[int]],
-                   ) -> None:
-    """Times the stale-trial ids of the study (none), warmed by one call."""
-    assert stale() == []
-    probe_seconds, _ = _probe(lambda: bytes(stale()))
+def _measure_call(benchmark: Any, call_name: str, system: str, study: Study,
+                  call: Callable[[], object], expected: object) -> None:
+    """Times one call that answers `expected` on the study, warmed by one call."""
+    assert call() == expected
+
+    def call_for_probe() -> bytes:
+        call()
+        return b""
+
+    probe_seconds, _ = _probe(call_for_probe)
     rounds = _rounds_for(probe_seconds)
-    benchmark.group = f"stale trials, {study.backend}, {study.size} trials"
+    benchmark.group = f"{call_name}, {study.backend}, {study.size} trials"
     cpu = time.process_time()
-    benchmark.pedantic(stale, rounds=rounds, warmup_rounds=1)
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
     cpu_ms = (time.process_time() - cpu) / (rounds + 1) * 1000
     mean_ms = benchmark.stats.stats.mean * 1000
-    MEASURED[(f"stale {system}", study.backend, study.size)] = (mean_ms, cpu_ms)
+    MEASURED[(f"{call_name} {system}", study.backend, study.size)] = (mean_ms, cpu_ms)
     benchmark.extra_info.update(
-        system=system, call="stale trials", database=study.backend, trials=study.size,
+        system=system, call=call_name, database=study.backend, trials=study.size,
         running_trials=RUNNING, rounds=rounds, wall_ms_per_call=mean_ms,
         median_ms_per_call=benchmark.stats.stats.median * 1000, cpu_ms_per_call=cpu_ms,
     )
-    print(f"\nstale trials, {system} on {study.backend} at {study.size} trials: "
+    print(f"\n{call_name}, {system} on {study.backend} at {study.size} trials: "
           f"{mean_ms:.3f} ms/call, CPU {cpu_ms:.3f} ms/call")
 
 
-def test_stale_shardproxy(benchmark: Any, study: Study) -> None:
+@pytest.fixture
+def owner(study: Study) -> Iterator[Worker]:
+    """The owner, caching the study as its clients' GetTrials make it."""
+    worker = _owner_worker(study.url)
+    try:
+        worker.front.handle(GET_TRIALS, study.full_request())
+        yield worker
+    finally:
+        worker.store.close()
+
+
+def test_stale_shardproxy(benchmark: Any, study: Study, owner: Worker) -> None:
     from shardproxy.extension_wire import (
         EXTENSION_INDEX,
         decode_stale_reply,
         encode_stale_request,
     )
 
-    worker = _owner_worker(study.url)
     request = encode_stale_request(study.study_id, STALE_GRACE)
     index = EXTENSION_INDEX["GetStaleTrialIds"]
-    try:
-        # The owner caches the study, as the heartbeat client's own GetTrials make it.
-        worker.front.handle(GET_TRIALS, study.full_request())
-        _measure_stale(benchmark, "shardproxy", study,
-                       lambda: decode_stale_reply(worker.front.handle(index, request)))
-    finally:
-        worker.store.close()
+    _measure_call(benchmark, "stale trials", "shardproxy", study,
+                  lambda: decode_stale_reply(owner.front.handle(index, request)), [])
 
 
 def test_stale_rdbstorage(benchmark: Any, study: Study) -> None:
@@ -390,7 +402,40 @@ def test_stale_rdbstorage(benchmark: Any, study: Study) -> None:
     storage = optuna.storages.RDBStorage(study.url, heartbeat_interval=60,
                                          grace_period=int(STALE_GRACE))
     try:
-        _measure_stale(benchmark, "RDBStorage", study,
-                       lambda: storage._get_stale_trial_ids(study.study_id))
+        _measure_call(benchmark, "stale trials", "RDBStorage", study,
+                      lambda: storage._get_stale_trial_ids(study.study_id), [])
+    finally:
+        storage.engine.dispose()
+
+
+def _middle_number(study: Study) -> int:
+    """A finished trial's number, from the middle of the study (ids follow numbers)."""
+    return study.size // 2
+
+
+def test_by_number_shardproxy(benchmark: Any, study: Study, owner: Worker) -> None:
+    number = _middle_number(study)
+    request = pb.GetTrialIdFromStudyIdTrialNumberRequest(
+        study_id=study.study_id, trial_number=number).SerializeToString()
+    index = METHOD_INDEX["GetTrialIdFromStudyIdTrialNumber"]
+    expected = study.last_finished_id - study.size + 1 + number
+
+    def by_number() -> int:
+        reply = owner.front.handle(index, request)
+        return int(pb.GetTrialIdFromStudyIdTrialNumberReply.FromString(reply).trial_id)
+
+    _measure_call(benchmark, "trial id by number", "shardproxy", study, by_number, expected)
+
+
+def test_by_number_rdbstorage(benchmark: Any, study: Study) -> None:
+    import optuna
+
+    number = _middle_number(study)
+    storage = optuna.storages.RDBStorage(study.url)
+    try:
+        _measure_call(benchmark, "trial id by number", "RDBStorage", study,
+                      lambda: storage.get_trial_id_from_study_id_trial_number(
+                          study.study_id, number),
+                      study.last_finished_id - study.size + 1 + number)
     finally:
         storage.engine.dispose()

@@ -209,6 +209,32 @@ class StudyCache:
             )
         return result
 
+    def id_of_rank(self, rank: int) -> int | None:
+        """The id of the trial of rank `rank` (0-based) in id order among those the
+        cache holds; None past them.
+
+        A trial's number is the count of its study's trials with a smaller id, and
+        the cache holds every trial of the study up to its newest: this is a guess
+        at the id of the trial numbered `rank`, which whoever uses it confirms."""
+        with self._lock:  # the loose ids change in place
+            packed, loose = self._packed, self._loose_ids
+            if not 0 <= rank < len(packed) + len(loose):
+                return None
+            # The held trials are the packed ones and the loose ones, apart. Of the
+            # loose ones, those before the answer are the ones whose rank among all
+            # is below `rank`: the first `before` of them, found by bisection.
+            low, high = 0, len(loose)
+            while low < high:
+                middle = (low + high) // 2
+                if middle + packed.count_below(loose[middle]) < rank:
+                    low = middle + 1
+                else:
+                    high = middle
+            before = low
+            if before < len(loose) and before + packed.count_below(loose[before]) == rank:
+                return loose[before]
+            return packed.id_at(rank - before)
+
     def unfinished_ids(self) -> list[int]:
         """The ids of the trials the cache holds unfinished, as its last sync saw them."""
         with self._lock:

@@ -97,7 +97,11 @@ class Service:
         return b""
 
     def _get_trial_id_from_study_id_trial_number(self, study_id: int, number: int) -> bytes:
-        trial_id = self._store.get_trial_id_from_study_id_trial_number(study_id, number)
+        # Where the study is cached, its trial of that rank by id is the likely one,
+        # which the store confirms by primary key instead of reading the study.
+        guess = (self._caches.get(study_id).id_of_rank(number)
+                 if self._caches.holds(study_id) else None)
+        trial_id = self._store.get_trial_id_from_study_id_trial_number(study_id, number, guess)
         return codec.encode_id_reply(trial_id)
 
     def _set_trial_state_values(

@@ -534,6 +534,10 @@ def test_trials_that_finish_out_of_order_are_served_in_id_order() -> None:
         expected = [codec.encode_trial(table.rows[i]) for i in delta]
         assert cache.trials_reply(sorted(running), middle) == codec.encode_trials_reply(expected)
         assert cache.trials_bytes(sorted(running), middle) == expected
+        # Ranks by id, over the packed trials and those held on their own alike.
+        held = sorted(table.rows)
+        assert [cache.id_of_rank(rank) for rank in range(len(held))] == held
+        assert cache.id_of_rank(len(held)) is None and cache.id_of_rank(-1) is None
     assert len(cache._packed) > PACK_AFTER  # noqa: SLF001
     assert all(cache.finished_trial_bytes(i) == codec.encode_trial(table.rows[i])
                for i in table.rows if i not in running)

@@ -3,6 +3,7 @@ appends, inserts of stragglers and leaf splits all happen many times."""
 
 from __future__ import annotations
 
+import bisect
 import random
 
 import pytest
@@ -32,9 +33,15 @@ def test_packed_trials_answer_as_a_dict_of_encodings_does(
 
         assert len(packed) == len(held)
         assert packed.nbytes == len(codec.encode_trials_reply([held[i] for i in sorted(held)]))
+        ids = sorted(held)
         for trial_id in rng.sample(range(top + 20), 10):
             assert packed.trial_bytes(trial_id) == held.get(trial_id)
             assert (trial_id in packed) == (trial_id in held)
+            assert packed.count_below(trial_id) == bisect.bisect_left(ids, trial_id)
+        for rank in rng.sample(range(len(ids)), min(5, len(ids))):
+            assert packed.id_at(rank) == ids[rank]
+        with pytest.raises(IndexError):
+            packed.id_at(len(ids))
         low = rng.randint(-1, top + 16)
         high = rng.choice([None, low + rng.randint(1, 40)])
         wanted = [held[i] for i in sorted(held) if i > low and (high is None or i < high)]

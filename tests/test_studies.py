@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.storages import GrpcStorageProxy, RDBStorage
 from optuna.trial import TrialState
 
@@ -157,3 +158,39 @@ def test_two_proxies_and_a_direct_writer_see_each_other(mariadb_url: str) -> Non
             assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
             assert trials[0].value == 0.5
         direct.engine.dispose()
+
+
+def test_trials_told_by_number_are_found_by_id_without_reading_the_study(db_url: str) -> None:
+    """`study.tell(number, ...)` asks for the trial id of a number. A study the
+    owner caches answers from the trial of that rank by id, confirmed by its primary
+    key: the statements sent never read the study for it. Trials another writer
+    added since the owner's last sync, and numbers that exist nowhere, are
+    answered as RDBStorage answers them."""
+    with running_workers(db_url, workers=1) as workers, proxy_client(workers[0].port) as client:
+        study = optuna.create_study(storage=client, study_name="told")
+        asked = [study.ask() for _ in range(12)]
+        for trial in asked[::3]:
+            study.tell(trial, 1.0)
+        assert len(study.get_trials()) == 12  # the owner caches the study
+        direct = RDBStorage(db_url)
+        try:
+            late = direct.create_new_trial(study._study_id)  # after the owner's sync
+            sent: list[str] = []
+            sqlalchemy.event.listen(
+                workers[0].store._reader, "before_cursor_execute",  # noqa: SLF001
+                lambda conn, cursor, statement, *_: sent.append(statement))
+            for trial in asked:
+                assert client.get_trial_id_from_study_id_trial_number(
+                    study._study_id, trial.number) == trial._trial_id
+            assert all("trials.number =" not in statement for statement in sent), sent
+            assert client.get_trial_id_from_study_id_trial_number(study._study_id, 12) == late
+            with pytest.raises(KeyError):
+                client.get_trial_id_from_study_id_trial_number(study._study_id, 13)
+            with pytest.raises(KeyError):
+                direct.get_trial_id_from_study_id_trial_number(study._study_id, 13)
+            for trial in asked[1::3]:
+                study.tell(trial.number, 2.0)
+            values = [t.value for t in direct.get_all_trials(study._study_id)]
+            assert values[:3] == [1.0, 2.0, None]
+        finally:
+            direct.engine.dispose()

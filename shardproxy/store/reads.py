@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, and_, cast, literal, null, select, union_all
+from sqlalchemy import (
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
@@ -127,7 +138,24 @@ def study_id_of_trial(conn: Connection, trial_id: int) -> int:
     return int(row[0])
 
 
-def trial_id_from_number(conn: Connection, study_id: int, number: int) -> int:
+_STUDY_AND_NUMBER = select(trials.c.study_id, trials.c.number).where(
+    trials.c.trial_id == bindparam("trial_id"))
+
+
+def trial_id_from_number(
+    conn: Connection, study_id: int, number: int, guess: int | None = None
+) -> int:
+    """The id of the study's trial of that number; KeyError if there is none.
+
+    Optuna's schema has no index on the number: the study's trials are read to
+    find it, O(study) (10 ms at 100 000 trials). `guess`, an id the trial may have
+    (`StudyCache.id_of_rank`), is tried first, by its primary key; the study and
+    the number are compared here, so that no plan reads the study's index for it.
+    """
+    if guess is not None:
+        row = conn.execute(_STUDY_AND_NUMBER, {"trial_id": guess}).first()
+        if row is not None and (row[0], row[1]) == (study_id, number):
+            return guess
     query = select(trials.c.trial_id).where(
         and_(trials.c.study_id == study_id, trials.c.number == number)
     )

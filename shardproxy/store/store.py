@@ -324,8 +324,11 @@ class Store:
 
     # -- trial reads -----------------------------------------------------------------
 
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, number: int) -> int:
-        return self._read(lambda conn: reads.trial_id_from_number(conn, study_id, number))
+    def get_trial_id_from_study_id_trial_number(
+        self, study_id: int, number: int, guess: int | None = None
+    ) -> int:
+        """See `reads.trial_id_from_number`."""
+        return self._read(lambda conn: reads.trial_id_from_number(conn, study_id, number, guess))
 
     def get_trial(self, trial_id: int) -> TrialRow:
         rows = self.get_trials([trial_id])
