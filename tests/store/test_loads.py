@@ -232,6 +232,15 @@ def _add_finished_trials(conn: sqlalchemy.Connection, study_id: int, count: int)
         "WHERE trial_id NOT IN (SELECT trial_id FROM trial_values)"))
 
 
+def _reads_sent(store: Store) -> list[tuple[str, object]]:
+    """The (statement, parameters) the store's reading pool sends from now on."""
+    sent: list[tuple[str, object]] = []
+    sqlalchemy.event.listen(
+        store._reader, "before_cursor_execute",  # noqa: SLF001
+        lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+    return sent
+
+
 def _sequential_scans(conn: sqlalchemy.Connection, statement: str, params: object) -> set[str]:
     """The tables the plan of `statement` reads by a sequential scan."""
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params).scalar_one()
@@ -269,10 +278,7 @@ def test_a_postgresql_sync_finds_its_trials_rows_by_index_whatever_the_statistic
             _add_finished_trials(conn, study_id, 3000)
             newest = conn.execute(
                 sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id))).scalar_one()
-        sent: list[tuple[str, object]] = []
-        sqlalchemy.event.listen(
-            store._reader, "before_cursor_execute",  # noqa: SLF001
-            lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+        sent = _reads_sent(store)
         rows = store.load_trials(study_id, id_greater_than=newest - 3)
         assert [row.trial_id for row in rows] == [newest - 2, newest - 1, newest]
         assert all(len(row.params) == 1 and len(row.values) == 1 for row in rows)
@@ -305,10 +311,7 @@ def test_the_stores_postgresql_connections_never_compile_a_statement(postgres_ur
     try:
         study_id = store.create_new_study([0], "compiled")
         trial_ids = [store.create_new_trial(study_id, None) for _ in range(3)]
-        sent: list[tuple[str, object]] = []
-        sqlalchemy.event.listen(
-            store._reader, "before_cursor_execute",  # noqa: SLF001
-            lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+        sent = _reads_sent(store)
         store.load_trials(study_id, id_greater_than=trial_ids[0], ids=trial_ids[:1])
         (statement, params), = sent
         with admin.connect() as conn:
@@ -341,10 +344,7 @@ def test_a_sqlite_sync_with_listed_trials_reads_no_more_of_the_study_than_it_ret
     try:
         study_id = store.create_new_study([0], "listed")
         trial_ids = [store.create_new_trial(study_id, None) for _ in range(6)]
-        sent: list[tuple[str, object]] = []
-        sqlalchemy.event.listen(
-            store._reader, "before_cursor_execute",  # noqa: SLF001
-            lambda conn, cursor, statement, params, *_: sent.append((statement, params)))
+        sent = _reads_sent(store)
         rows = store.load_trials(study_id, id_greater_than=trial_ids[3], ids=trial_ids[:2])
         assert [row.trial_id for row in rows] == trial_ids[:2] + trial_ids[4:]
         (statement, params), = sent
