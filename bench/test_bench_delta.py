@@ -408,34 +408,35 @@ def test_stale_rdbstorage(benchmark: Any, study: Study) -> None:
         storage.engine.dispose()
 
 
-def _middle_number(study: Study) -> int:
-    """A finished trial's number, from the middle of the study (ids follow numbers)."""
-    return study.size // 2
+def _middle_trial(study: Study) -> tuple[int, int]:
+    """(number, id) of a finished trial from the middle of the study: the prefill
+    numbers its trials in id order."""
+    number = study.size // 2
+    return number, study.last_finished_id - study.size + 1 + number
 
 
 def test_by_number_shardproxy(benchmark: Any, study: Study, owner: Worker) -> None:
-    number = _middle_number(study)
+    number, trial_id = _middle_trial(study)
     request = pb.GetTrialIdFromStudyIdTrialNumberRequest(
         study_id=study.study_id, trial_number=number).SerializeToString()
     index = METHOD_INDEX["GetTrialIdFromStudyIdTrialNumber"]
-    expected = study.last_finished_id - study.size + 1 + number
 
     def by_number() -> int:
         reply = owner.front.handle(index, request)
         return int(pb.GetTrialIdFromStudyIdTrialNumberReply.FromString(reply).trial_id)
 
-    _measure_call(benchmark, "trial id by number", "shardproxy", study, by_number, expected)
+    _measure_call(benchmark, "trial id by number", "shardproxy", study, by_number, trial_id)
 
 
 def test_by_number_rdbstorage(benchmark: Any, study: Study) -> None:
     import optuna
 
-    number = _middle_number(study)
+    number, trial_id = _middle_trial(study)
     storage = optuna.storages.RDBStorage(study.url)
     try:
         _measure_call(benchmark, "trial id by number", "RDBStorage", study,
                       lambda: storage.get_trial_id_from_study_id_trial_number(
                           study.study_id, number),
-                      study.last_finished_id - study.size + 1 + number)
+                      trial_id)
     finally:
         storage.engine.dispose()

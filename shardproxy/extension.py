@@ -135,9 +135,9 @@ class ClientExtension:
         return b""
 
     def _get_stale_trial_ids(self, study_id: int, grace_period: float) -> bytes:
-        small = (not self._caches.holds(study_id)
-                 or len(self._caches.get(study_id)) < READ_WHOLE_BELOW)
-        if small:  # or not cached here: reading the study is one statement
+        cache = self._caches.held(study_id)
+        if cache is None or len(cache) < READ_WHOLE_BELOW:
+            # Small, or not cached here: reading the study is one statement.
             return encode_stale_reply(self._store.stale_trial_ids(study_id, grace_period))
         # A sync that started after this call: every trial RUNNING before it is
         # among the unfinished ones it leaves (trials committed after it have just

@@ -99,8 +99,8 @@ class Service:
     def _get_trial_id_from_study_id_trial_number(self, study_id: int, number: int) -> bytes:
         # Where the study is cached, its trial of that rank by id is the likely one,
         # which the store confirms by primary key instead of reading the study.
-        guess = (self._caches.get(study_id).id_of_rank(number)
-                 if self._caches.holds(study_id) else None)
+        cache = self._caches.held(study_id)
+        guess = None if cache is None else cache.id_of_rank(number)
         trial_id = self._store.get_trial_id_from_study_id_trial_number(study_id, number, guess)
         return codec.encode_id_reply(trial_id)
 

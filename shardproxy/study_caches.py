@@ -87,6 +87,15 @@ class StudyCaches:
             self._studies.pop(study_id, None)
             self._measured(study_id, None)
 
+    def held(self, study_id: int) -> StudyCache | None:
+        """The study's cache if this worker holds one (as recently used as `get`
+        makes it), None otherwise: nothing is created for a study not cached."""
+        with self._lock:
+            cache = self._studies.get(study_id)
+            if cache is not None:
+                self._studies.move_to_end(study_id)
+            return cache
+
     def holds(self, study_id: int) -> bool:
         with self._lock:
             return study_id in self._studies

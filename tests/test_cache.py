@@ -311,6 +311,16 @@ def test_a_study_that_is_gone_is_dropped_and_reported() -> None:
     assert not caches.holds(STUDY + 1)
 
 
+def test_a_cache_is_looked_up_without_being_made() -> None:
+    table = Table()
+    table.put(trial(1))
+    caches = StudyCaches(table.load_trials, max_trials=100)
+    assert caches.held(STUDY) is None
+    assert not caches.holds(STUDY)  # asking made no cache
+    synced = caches.synced(STUDY)
+    assert caches.held(STUDY) is synced and len(synced) == 1
+
+
 def test_least_recently_used_studies_are_evicted_past_the_limit() -> None:
     tables = {}
 
